@@ -1,0 +1,159 @@
+//! `cargo xtask`: everything that is not plain cargo — fetching models, the full test
+//! suite, running EMBODIOS.
+
+mod deps;
+mod models;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  run [--model NAME]          fetch the default model and chat with it (host CLI)
+  test                        run every test of the project (installs what it needs)
+  build                       build the host CLI in release mode
+  fetch-model [NAME]          download, verify and cache a model; prints its path last
+                              (models: smollm2-135m (default), gemma3-270m)
+  fuzz [--seconds N]          fuzz the GGUF parser with cargo fuzz (nightly)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("fetch-model") => cmd_fetch_model(&args[1..]),
+        Some("test") => cmd_test(&args[1..]),
+        Some("run") => cmd_run(&args[1..]),
+        Some("build") => cargo(&["build", "--release", "--bin", "embodios"]),
+        Some("fuzz") => cmd_fuzz(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> Result<(), String> {
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    cmd.current_dir(workspace_root());
+    let status = cmd.status().map_err(|e| format!("running {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({status})"))
+    }
+}
+
+fn cmd_fetch_model(args: &[String]) -> Result<(), String> {
+    let name = args.first().map(String::as_str).unwrap_or(models::DEFAULT_MODEL);
+    let spec = models::find(name)?;
+    let path = models::fetch(spec)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+/// Fetches every model the tests use and exports their paths for the test binaries.
+fn fetch_test_models() -> Result<Vec<(String, PathBuf)>, String> {
+    let mut paths = Vec::new();
+    for spec in models::MODELS {
+        let path = models::fetch(spec)?;
+        let var = format!("EMBODIOS_MODEL_{}", spec.name.replace('-', "_").to_uppercase());
+        paths.push((var, path));
+    }
+    Ok(paths)
+}
+
+fn cmd_test(_args: &[String]) -> Result<(), String> {
+    let engine_targets = ["x86_64-unknown-none", "aarch64-unknown-none"];
+    deps::rustup_targets(None, &engine_targets)?;
+    deps::rustup_components(None, &["rustfmt", "clippy"])?;
+    let model_env = fetch_test_models()?;
+
+    eprintln!("xtask: checking formatting and lints");
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
+
+    eprintln!("xtask: building the engine crates for bare-metal targets");
+    for target in engine_targets {
+        cargo(&[
+            "build",
+            "--release",
+            "--target",
+            target,
+            "-p",
+            "embodios-gguf",
+            "-p",
+            "embodios-quant",
+            "-p",
+            "embodios-tokenizer",
+            "-p",
+            "embodios-engine",
+        ])?;
+    }
+
+    eprintln!("xtask: running the host test suite");
+    let mut test = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    test.args(["test", "--workspace", "--release"]);
+    for (var, path) in &model_env {
+        test.env(var, path);
+    }
+    run(&mut test)
+}
+
+fn cmd_run(args: &[String]) -> Result<(), String> {
+    let mut name = models::DEFAULT_MODEL.to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--model" => name = it.next().ok_or("--model needs a name")?.clone(),
+            other => return Err(format!("unknown option `{other}` for run")),
+        }
+    }
+    let path = models::fetch(models::find(&name)?)?;
+    let path = path.to_str().ok_or("model path is not UTF-8")?;
+    cargo(&["run", "--quiet", "--release", "--bin", "embodios", "--", "chat", "-m", path])
+}
+
+fn cmd_fuzz(args: &[String]) -> Result<(), String> {
+    let mut seconds = 600u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--seconds needs a number")?
+            }
+            other => return Err(format!("unknown option `{other}` for fuzz")),
+        }
+    }
+    deps::rustup_components(Some("nightly"), &["rust-src"])?;
+    if !deps::have("cargo-fuzz") {
+        cargo(&["install", "--locked", "cargo-fuzz"])?;
+    }
+    run(Command::new("cargo").current_dir(workspace_root()).args([
+        "+nightly",
+        "fuzz",
+        "run",
+        "gguf_parse",
+        "--",
+        &format!("-max_total_time={seconds}"),
+    ]))
+}
