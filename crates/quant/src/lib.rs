@@ -1,0 +1,288 @@
+//! ggml's quantized tensor formats: block layouts, dequantization, reference quantizers,
+//! llama.cpp-exact activation quantization and scalar dot-product kernels.
+//!
+//! The entry points take a [`GgmlType`] and byte/f32 slices, validate lengths and return
+//! a typed [`QuantError`]; they never panic. Hot loops can fetch a type's [`Kernels`]
+//! once (validated up front) and call the function pointers directly; the table is the
+//! seam where SIMD variants will later replace the scalar ones, which remain as oracles.
+//!
+//! Matrix-vector products follow llama.cpp's CPU backend: the activation row is first
+//! quantized to [`vec_dot_type`] of the weight type with [`quantize_activations`]
+//! (producing the bytes llama.cpp's x86 AVX2 build produces), then [`vec_dot`] combines
+//! integer sums per block with the block scales.
+#![no_std]
+#![forbid(unsafe_code)]
+
+mod bytes;
+pub mod float;
+mod kfit;
+pub mod kquants;
+pub mod legacy;
+
+use core::fmt;
+
+pub use embodios_gguf::GgmlType;
+pub use float::dot_f32;
+
+/// Why a quantization routine refused its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantError {
+    /// The type (or, for activations, the activation format) has no kernels here.
+    Unsupported(GgmlType),
+    /// A byte or element buffer has the wrong length.
+    BadLength { expected: usize, got: usize },
+    /// The element count is not a whole number of the type's blocks.
+    NotBlockMultiple { ty: GgmlType, elems: usize },
+}
+
+impl fmt::Display for QuantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuantError::Unsupported(ty) => write!(f, "tensor type {ty} is not supported"),
+            QuantError::BadLength { expected, got } => {
+                write!(f, "buffer has length {got}, expected {expected}")
+            }
+            QuantError::NotBlockMultiple { ty, elems } => write!(
+                f,
+                "{elems} elements is not a whole number of {ty} blocks of {}",
+                ty.block_elems()
+            ),
+        }
+    }
+}
+
+impl core::error::Error for QuantError {}
+
+/// Dequantizes whole blocks of `src` into `dst` (lengths pre-checked).
+pub type DequantizeFn = fn(src: &[u8], dst: &mut [f32]);
+/// Quantizes whole blocks of `src` into `dst` (lengths pre-checked).
+pub type QuantizeFn = fn(src: &[f32], dst: &mut [u8]);
+/// Dot product of a weight row with an activation row of the paired format, over the
+/// whole blocks both hold (lengths pre-checked).
+pub type VecDotFn = fn(weights: &[u8], activations: &[u8]) -> f32;
+
+/// The kernels of one weight type.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernels {
+    pub ty: GgmlType,
+    /// The activation format [`Kernels::vec_dot`] expects.
+    pub vec_dot_type: GgmlType,
+    pub dequantize: DequantizeFn,
+    /// Reference quantizer for weights of this type.
+    pub quantize: QuantizeFn,
+    pub vec_dot: VecDotFn,
+}
+
+macro_rules! kernels {
+    ($ty:ident, $act:ident, $deq:path, $q:path, $dot:path) => {
+        Kernels {
+            ty: GgmlType::$ty,
+            vec_dot_type: GgmlType::$act,
+            dequantize: $deq,
+            quantize: $q,
+            vec_dot: $dot,
+        }
+    };
+}
+
+static F32: Kernels = kernels!(
+    F32,
+    F32,
+    float::dequant_f32,
+    float::quantize_f32,
+    float::dot_f32_bytes
+);
+static F16: Kernels = kernels!(
+    F16,
+    F16,
+    float::dequant_f16,
+    float::quantize_f16,
+    float::dot_f16_bytes
+);
+static BF16: Kernels = kernels!(
+    BF16,
+    BF16,
+    float::dequant_bf16,
+    float::quantize_bf16,
+    float::dot_bf16_bytes
+);
+static Q4_0: Kernels = kernels!(
+    Q4_0,
+    Q8_0,
+    legacy::dequant_q4_0,
+    legacy::quantize_q4_0,
+    legacy::dot_q4_0_q8_0
+);
+static Q4_1: Kernels = kernels!(
+    Q4_1,
+    Q8_1,
+    legacy::dequant_q4_1,
+    legacy::quantize_q4_1,
+    legacy::dot_q4_1_q8_1
+);
+static Q5_0: Kernels = kernels!(
+    Q5_0,
+    Q8_0,
+    legacy::dequant_q5_0,
+    legacy::quantize_q5_0,
+    legacy::dot_q5_0_q8_0
+);
+static Q5_1: Kernels = kernels!(
+    Q5_1,
+    Q8_1,
+    legacy::dequant_q5_1,
+    legacy::quantize_q5_1,
+    legacy::dot_q5_1_q8_1
+);
+static Q8_0: Kernels = kernels!(
+    Q8_0,
+    Q8_0,
+    legacy::dequant_q8_0,
+    legacy::quantize_q8_0_ref,
+    legacy::dot_q8_0_q8_0
+);
+static Q2_K: Kernels = kernels!(
+    Q2_K,
+    Q8_K,
+    kquants::dequant_q2_k,
+    kfit::quantize_q2_k,
+    kquants::dot_q2_k_q8_k
+);
+static Q3_K: Kernels = kernels!(
+    Q3_K,
+    Q8_K,
+    kquants::dequant_q3_k,
+    kfit::quantize_q3_k,
+    kquants::dot_q3_k_q8_k
+);
+static Q4_K: Kernels = kernels!(
+    Q4_K,
+    Q8_K,
+    kquants::dequant_q4_k,
+    kfit::quantize_q4_k,
+    kquants::dot_q4_k_q8_k
+);
+static Q5_K: Kernels = kernels!(
+    Q5_K,
+    Q8_K,
+    kquants::dequant_q5_k,
+    kfit::quantize_q5_k,
+    kquants::dot_q5_k_q8_k
+);
+static Q6_K: Kernels = kernels!(
+    Q6_K,
+    Q8_K,
+    kquants::dequant_q6_k,
+    kfit::quantize_q6_k,
+    kquants::dot_q6_k_q8_k
+);
+
+/// The kernels of weight type `ty`, or [`QuantError::Unsupported`].
+pub fn kernels(ty: GgmlType) -> Result<&'static Kernels, QuantError> {
+    use GgmlType as T;
+    Ok(match ty {
+        T::F32 => &F32,
+        T::F16 => &F16,
+        T::BF16 => &BF16,
+        T::Q4_0 => &Q4_0,
+        T::Q4_1 => &Q4_1,
+        T::Q5_0 => &Q5_0,
+        T::Q5_1 => &Q5_1,
+        T::Q8_0 => &Q8_0,
+        T::Q2_K => &Q2_K,
+        T::Q3_K => &Q3_K,
+        T::Q4_K => &Q4_K,
+        T::Q5_K => &Q5_K,
+        T::Q6_K => &Q6_K,
+        _ => return Err(QuantError::Unsupported(ty)),
+    })
+}
+
+/// Whether weights of type `ty` can be dequantized, quantized and used in dot products.
+/// (Q8_1 and Q8_K are activation-only formats: see [`quantize_activations`].)
+pub fn is_supported(ty: GgmlType) -> bool {
+    kernels(ty).is_ok()
+}
+
+/// The activation format llama.cpp's CPU backend pairs with weight type `ty`
+/// (`vec_dot_type` in ggml-cpu's type traits): F32/F16/BF16 pair with themselves,
+/// Q4_0/Q5_0/Q8_0 with Q8_0, Q4_1/Q5_1 with Q8_1, the K-quants with Q8_K.
+pub fn vec_dot_type(ty: GgmlType) -> Result<GgmlType, QuantError> {
+    kernels(ty).map(|k| k.vec_dot_type)
+}
+
+/// Bytes taken by `elems` elements of type `ty`.
+pub fn row_bytes(ty: GgmlType, elems: usize) -> Result<usize, QuantError> {
+    let be = ty.block_elems();
+    if !elems.is_multiple_of(be) {
+        return Err(QuantError::NotBlockMultiple { ty, elems });
+    }
+    (elems / be)
+        .checked_mul(ty.block_bytes())
+        .ok_or(QuantError::BadLength {
+            expected: usize::MAX,
+            got: elems,
+        })
+}
+
+/// Checks that `bytes` holds exactly `elems` elements of `ty`.
+fn check(ty: GgmlType, elems: usize, bytes: usize) -> Result<(), QuantError> {
+    let expected = row_bytes(ty, elems)?;
+    if bytes != expected {
+        return Err(QuantError::BadLength {
+            expected,
+            got: bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Dequantizes `dst.len()` elements of type `ty` from `src`, which must hold exactly
+/// that many. Besides the weight types, accepts the activation formats Q8_1 and Q8_K.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
+    let f: DequantizeFn = match ty {
+        GgmlType::Q8_1 => legacy::dequant_q8_1,
+        GgmlType::Q8_K => kquants::dequant_q8_k,
+        _ => kernels(ty)?.dequantize,
+    };
+    check(ty, dst.len(), src.len())?;
+    f(src, dst);
+    Ok(())
+}
+
+/// Quantizes `src` into `dst` as weights of type `ty` (ggml's reference rounding for
+/// Q4_0..Q8_0, this crate's own quantizer for the K-quants). `dst` must be exactly
+/// [`row_bytes`]`(ty, src.len())` long.
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    let k = kernels(ty)?;
+    check(ty, src.len(), dst.len())?;
+    (k.quantize)(src, dst);
+    Ok(())
+}
+
+/// Quantizes an activation row into format `act_ty` exactly as llama.cpp's x86 CPU
+/// backend does (`from_float` of the `vec_dot_type`): F32 copied, F16/BF16 rounded to
+/// nearest even, Q8_0/Q8_1 by the AVX2 kernels, Q8_K by ggml's reference.
+pub fn quantize_activations(act_ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+    let f: QuantizeFn = match act_ty {
+        GgmlType::F32 => float::quantize_f32,
+        GgmlType::F16 => float::quantize_f16,
+        GgmlType::BF16 => float::quantize_bf16,
+        GgmlType::Q8_0 => legacy::quantize_act_q8_0,
+        GgmlType::Q8_1 => legacy::quantize_act_q8_1,
+        GgmlType::Q8_K => kquants::quantize_act_q8_k,
+        _ => return Err(QuantError::Unsupported(act_ty)),
+    };
+    check(act_ty, x.len(), out.len())?;
+    f(x, out);
+    Ok(())
+}
+
+/// Dot product of `n` elements: a weight row of type `ty` with an activation row already
+/// in [`vec_dot_type`]`(ty)` format.
+pub fn vec_dot(ty: GgmlType, w_row: &[u8], act_row: &[u8], n: usize) -> Result<f32, QuantError> {
+    let k = kernels(ty)?;
+    check(ty, n, w_row.len())?;
+    check(k.vec_dot_type, n, act_row.len())?;
+    Ok((k.vec_dot)(w_row, act_row))
+}
