@@ -1,0 +1,45 @@
+//! Memory management that is not tied to an architecture: the physical frame allocator
+//! and memory statistics.
+
+pub mod frame;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Size of a physical frame (4 KiB).
+pub const FRAME_SIZE: u64 = 4096;
+
+static USABLE_BYTES: AtomicU64 = AtomicU64::new(0);
+static HEAP_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Memory statistics for `mem`.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    /// RAM the firmware reports as usable.
+    pub usable_bytes: u64,
+    /// Bytes in free frames.
+    pub free_frame_bytes: u64,
+    /// Bytes given to the heap.
+    pub heap_total: u64,
+    /// Heap bytes currently allocated.
+    pub heap_used: u64,
+    /// Live heap allocations.
+    pub heap_allocations: u64,
+}
+
+/// Records totals at boot (called by the architecture's memory setup).
+pub fn set_totals(usable: u64, heap: u64) {
+    USABLE_BYTES.store(usable, Ordering::Relaxed);
+    HEAP_TOTAL.store(heap, Ordering::Relaxed);
+}
+
+/// Current statistics.
+pub fn stats() -> Stats {
+    let (heap_used, heap_allocations) = crate::arch::x86_64::memory::heap_usage();
+    Stats {
+        usable_bytes: USABLE_BYTES.load(Ordering::Relaxed),
+        free_frame_bytes: frame::free_frames() * FRAME_SIZE,
+        heap_total: HEAP_TOTAL.load(Ordering::Relaxed),
+        heap_used,
+        heap_allocations,
+    }
+}
