@@ -1,23 +1,37 @@
 //! ggml's quantized tensor formats: block layouts, dequantization, reference quantizers,
-//! llama.cpp-exact activation quantization and scalar dot-product kernels.
+//! llama.cpp-exact activation quantization, and dot-product kernels (scalar references
+//! plus an AVX2+FMA set on x86_64).
 //!
 //! The entry points take a [`GgmlType`] and byte/f32 slices, validate lengths and return
 //! a typed [`QuantError`]; they never panic. Hot loops can fetch a type's [`Kernels`]
-//! once (validated up front) and call the function pointers directly; the table is the
-//! seam where SIMD variants will later replace the scalar ones, which remain as oracles.
+//! once (validated up front) and call the function pointers directly.
+//!
+//! Kernel sets: [`kernels`] returns the AVX2+FMA table (SIMD `vec_dot`s, detected once at
+//! run time with CPUID/XGETBV: AVX2, FMA, F16C and OS support for YMM state) when
+//! available, else the scalar table; [`active_kernel_set`] names the choice,
+//! [`scalar_kernels`]/[`simd_kernels`] give either table explicitly (the scalar functions
+//! are the reference twins the SIMD ones are tested against), and [`force_scalar`] (or
+//! building with the environment variable `EMBODIOS_FORCE_SCALAR` set) pins the scalar
+//! set. The AVX2 dot products reproduce llama.cpp's AVX2 kernels bit for bit on
+//! well-formed activations; [`quantize_activations`] gives identical bytes on either set.
+//! The SIMD code is compiled only for x86_64 targets with SSE registers (not the
+//! soft-float `x86_64-unknown-none`, where LLVM cannot lower it).
 //!
 //! Matrix-vector products follow llama.cpp's CPU backend: the activation row is first
 //! quantized to [`vec_dot_type`] of the weight type with [`quantize_activations`]
 //! (producing the bytes llama.cpp's x86 AVX2 build produces), then [`vec_dot`] combines
 //! integer sums per block with the block scales.
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod bytes;
 pub mod float;
 mod kfit;
 pub mod kquants;
 pub mod legacy;
+// The only module allowed `unsafe` (target-feature calls and vector loads).
+#[allow(unsafe_code)]
+mod simd;
 
 use core::fmt;
 
@@ -85,91 +99,91 @@ macro_rules! kernels {
     };
 }
 
-static F32: Kernels = kernels!(
+pub(crate) static F32: Kernels = kernels!(
     F32,
     F32,
     float::dequant_f32,
     float::quantize_f32,
     float::dot_f32_bytes
 );
-static F16: Kernels = kernels!(
+pub(crate) static F16: Kernels = kernels!(
     F16,
     F16,
     float::dequant_f16,
     float::quantize_f16,
     float::dot_f16_bytes
 );
-static BF16: Kernels = kernels!(
+pub(crate) static BF16: Kernels = kernels!(
     BF16,
     BF16,
     float::dequant_bf16,
     float::quantize_bf16,
     float::dot_bf16_bytes
 );
-static Q4_0: Kernels = kernels!(
+pub(crate) static Q4_0: Kernels = kernels!(
     Q4_0,
     Q8_0,
     legacy::dequant_q4_0,
     legacy::quantize_q4_0,
     legacy::dot_q4_0_q8_0
 );
-static Q4_1: Kernels = kernels!(
+pub(crate) static Q4_1: Kernels = kernels!(
     Q4_1,
     Q8_1,
     legacy::dequant_q4_1,
     legacy::quantize_q4_1,
     legacy::dot_q4_1_q8_1
 );
-static Q5_0: Kernels = kernels!(
+pub(crate) static Q5_0: Kernels = kernels!(
     Q5_0,
     Q8_0,
     legacy::dequant_q5_0,
     legacy::quantize_q5_0,
     legacy::dot_q5_0_q8_0
 );
-static Q5_1: Kernels = kernels!(
+pub(crate) static Q5_1: Kernels = kernels!(
     Q5_1,
     Q8_1,
     legacy::dequant_q5_1,
     legacy::quantize_q5_1,
     legacy::dot_q5_1_q8_1
 );
-static Q8_0: Kernels = kernels!(
+pub(crate) static Q8_0: Kernels = kernels!(
     Q8_0,
     Q8_0,
     legacy::dequant_q8_0,
     legacy::quantize_q8_0_ref,
     legacy::dot_q8_0_q8_0
 );
-static Q2_K: Kernels = kernels!(
+pub(crate) static Q2_K: Kernels = kernels!(
     Q2_K,
     Q8_K,
     kquants::dequant_q2_k,
     kfit::quantize_q2_k,
     kquants::dot_q2_k_q8_k
 );
-static Q3_K: Kernels = kernels!(
+pub(crate) static Q3_K: Kernels = kernels!(
     Q3_K,
     Q8_K,
     kquants::dequant_q3_k,
     kfit::quantize_q3_k,
     kquants::dot_q3_k_q8_k
 );
-static Q4_K: Kernels = kernels!(
+pub(crate) static Q4_K: Kernels = kernels!(
     Q4_K,
     Q8_K,
     kquants::dequant_q4_k,
     kfit::quantize_q4_k,
     kquants::dot_q4_k_q8_k
 );
-static Q5_K: Kernels = kernels!(
+pub(crate) static Q5_K: Kernels = kernels!(
     Q5_K,
     Q8_K,
     kquants::dequant_q5_k,
     kfit::quantize_q5_k,
     kquants::dot_q5_k_q8_k
 );
-static Q6_K: Kernels = kernels!(
+pub(crate) static Q6_K: Kernels = kernels!(
     Q6_K,
     Q8_K,
     kquants::dequant_q6_k,
@@ -177,8 +191,33 @@ static Q6_K: Kernels = kernels!(
     kquants::dot_q6_k_q8_k
 );
 
-/// The kernels of weight type `ty`, or [`QuantError::Unsupported`].
+/// The kernels of weight type `ty`, or [`QuantError::Unsupported`]: the SIMD set when
+/// the CPU supports it (see [`active_kernel_set`]), else the scalar reference set.
 pub fn kernels(ty: GgmlType) -> Result<&'static Kernels, QuantError> {
+    let scalar = scalar_kernels(ty)?;
+    Ok(simd::kernels(ty).unwrap_or(scalar))
+}
+
+/// The name of the kernel set [`kernels`] hands out: `"avx2+fma"` or `"scalar"`.
+pub fn active_kernel_set() -> &'static str {
+    simd::active_set()
+}
+
+/// Makes [`kernels`] (and so [`vec_dot`]) use the scalar set even where a SIMD set is
+/// available (`true`), or go back to the automatic choice (`false`). For benchmarks and
+/// debugging; process-wide. Tables fetched earlier keep the functions they hold.
+pub fn force_scalar(on: bool) {
+    simd::set_force_scalar(on);
+}
+
+/// The SIMD kernels of `ty` if this CPU has a SIMD set covering it, regardless of
+/// [`force_scalar`]; `None` otherwise. Lets tests and benchmarks compare both sets.
+pub fn simd_kernels(ty: GgmlType) -> Option<&'static Kernels> {
+    simd::simd_kernels(ty)
+}
+
+/// The scalar reference kernels of weight type `ty`, or [`QuantError::Unsupported`].
+pub fn scalar_kernels(ty: GgmlType) -> Result<&'static Kernels, QuantError> {
     use GgmlType as T;
     Ok(match ty {
         T::F32 => &F32,
@@ -263,8 +302,21 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
 /// Quantizes an activation row into format `act_ty` exactly as llama.cpp's x86 CPU
 /// backend does (`from_float` of the `vec_dot_type`): F32 copied, F16/BF16 rounded to
 /// nearest even, Q8_0/Q8_1 by the AVX2 kernels, Q8_K by ggml's reference.
+///
+/// Q8_0, Q8_1 and Q8_K use AVX2 where available ([`simd_activation_quantizer`]), with the same
+/// bytes as the scalar twin ([`scalar_activation_quantizer`]).
 pub fn quantize_activations(act_ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
-    let f: QuantizeFn = match act_ty {
+    let scalar = scalar_activation_quantizer(act_ty)?;
+    let f = simd::act_quantizer(act_ty).unwrap_or(scalar);
+    check(act_ty, x.len(), out.len())?;
+    f(x, out);
+    Ok(())
+}
+
+/// The scalar activation quantizer for format `act_ty` (whole blocks, lengths pre-checked
+/// by the caller, as for [`Kernels`]), or [`QuantError::Unsupported`].
+pub fn scalar_activation_quantizer(act_ty: GgmlType) -> Result<QuantizeFn, QuantError> {
+    Ok(match act_ty {
         GgmlType::F32 => float::quantize_f32,
         GgmlType::F16 => float::quantize_f16,
         GgmlType::BF16 => float::quantize_bf16,
@@ -272,10 +324,13 @@ pub fn quantize_activations(act_ty: GgmlType, x: &[f32], out: &mut [u8]) -> Resu
         GgmlType::Q8_1 => legacy::quantize_act_q8_1,
         GgmlType::Q8_K => kquants::quantize_act_q8_k,
         _ => return Err(QuantError::Unsupported(act_ty)),
-    };
-    check(act_ty, x.len(), out.len())?;
-    f(x, out);
-    Ok(())
+    })
+}
+
+/// The SIMD activation quantizer for format `act_ty` if this CPU has one (regardless of
+/// [`force_scalar`]); `None` otherwise. Q8_0, Q8_1 and Q8_K have one on AVX2 CPUs.
+pub fn simd_activation_quantizer(act_ty: GgmlType) -> Option<QuantizeFn> {
+    simd::simd_act_quantizer(act_ty)
 }
 
 /// Dot product of `n` elements: a weight row of type `ty` with an activation row already

@@ -6,7 +6,9 @@ mod common;
 
 use common::{golden, parse_type};
 use embodios_quant::{
-    dequantize_row, quantize_activations, row_bytes, vec_dot, vec_dot_type, GgmlType,
+    active_kernel_set, dequantize_row, quantize_activations, row_bytes,
+    scalar_activation_quantizer, scalar_kernels, simd_activation_quantizer, vec_dot, vec_dot_type,
+    GgmlType,
 };
 
 #[test]
@@ -21,6 +23,19 @@ fn activation_bytes_match_llama_cpp() {
             let want = case.bytes(fmt);
             let mut got = vec![0u8; row_bytes(ty, x.len()).unwrap()];
             quantize_activations(ty, &x, &mut got).unwrap();
+            // Both twins must give these bytes: the scalar one and the SIMD one (which
+            // `quantize_activations` picks where the CPU has it).
+            let mut twins = vec![("scalar", scalar_activation_quantizer(ty).unwrap())];
+            twins.extend(simd_activation_quantizer(ty).map(|f| ("simd", f)));
+            for (set, f) in twins {
+                let mut out = vec![0u8; got.len()];
+                f(&x, &mut out);
+                assert!(
+                    out == want,
+                    "{} {fmt}: {set} quantizer differs",
+                    case.label()
+                );
+            }
             if got != want {
                 let block = ty.block_bytes();
                 let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
@@ -64,7 +79,10 @@ fn vec_dot_matches_llama_cpp_kernels() {
         let n = case.num("n");
         let w = case.bytes("weights");
         let a = case.bytes("act");
-        let got = vec_dot(ty, &w, &a, n).unwrap_or_else(|e| panic!("{}: {e}", case.label()));
+        let active = vec_dot(ty, &w, &a, n).unwrap_or_else(|e| panic!("{}: {e}", case.label()));
+        // The scalar reference twin too (the call above takes the SIMD set where the CPU
+        // has one).
+        let scalar = (scalar_kernels(ty).unwrap().vec_dot)(&w, &a);
         // Scale of the rounding error: the sum of |w_i * a_i| from dequantized rows.
         let mut wf = vec![0f32; n];
         let mut af = vec![0f32; n];
@@ -73,16 +91,18 @@ fn vec_dot_matches_llama_cpp_kernels() {
         let mag: f32 = wf.iter().zip(&af).map(|(x, y)| (x * y).abs()).sum();
         let tol = mag * 1e-6 + 1e-30;
         let want = case.f32s("simd_f32")[0];
-        println!(
-            "{}: ours {got}, llama.cpp {want}, |diff|/Σ|terms| {:.2e}",
-            case.label(),
-            (got - want).abs() / mag
-        );
-        assert!(
-            (got - want).abs() <= tol,
-            "{}: got {got}, llama.cpp {want} (tolerance {tol})",
-            case.label()
-        );
+        for (set, got) in [(active_kernel_set(), active), ("scalar", scalar)] {
+            println!(
+                "{} [{set}]: ours {got}, llama.cpp {want}, |diff|/Σ|terms| {:.2e}",
+                case.label(),
+                (got - want).abs() / mag
+            );
+            assert!(
+                (got - want).abs() <= tol,
+                "{} [{set}]: got {got}, llama.cpp {want} (tolerance {tol})",
+                case.label()
+            );
+        }
         types.push(ty);
     }
     types.dedup();

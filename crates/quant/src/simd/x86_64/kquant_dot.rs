@@ -1,0 +1,312 @@
+//! AVX2 dot products of the K-quant super-block formats with Q8_K activations.
+//!
+//! Per super-block the integer work happens in eight i32 lanes (lane `k` holding bytes
+//! `4k..4k+4` of every 32-byte chunk), weighted by the integer sub-block scales with
+//! `madd`, then scaled once by `d_w * d_a` with an `fma` into an f32 accumulator, as in
+//! llama.cpp's AVX2 kernels. `maddubs` takes unsigned levels (< 64) times signed bytes, so
+//! a pair sum is at most 2·63·128 < 2^15: nothing saturates. Level offsets (Q3_K's `-4`,
+//! Q6_K's `-32`) and the min terms are subtracted separately; the Q6_K offset and the
+//! min terms use the activation block's group sums (`bsums`), as the scalar kernels'
+//! min terms do, so they assume a well-formed Q8_K row (what `quantize_activations`
+//! writes).
+
+use core::arch::x86_64::*;
+
+use super::{
+    entry, f16_pair, fma_ss, hsum_epi32_128, hsum_ps, lane0, lane1, load128, load256, pair_scales,
+};
+use crate::bytes::{blocks, sub};
+use crate::kquants::{
+    self as scalar, Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES,
+};
+
+entry!(dot_q2_k_q8_k, q2_k_q8_k, scalar::dot_q2_k_q8_k);
+entry!(dot_q3_k_q8_k, q3_k_q8_k, scalar::dot_q3_k_q8_k);
+entry!(dot_q4_k_q8_k, q4_k_q8_k, scalar::dot_q4_k_q8_k);
+entry!(dot_q5_k_q8_k, q5_k_q8_k, scalar::dot_q5_k_q8_k);
+entry!(dot_q6_k_q8_k, q6_k_q8_k, scalar::dot_q6_k_q8_k);
+
+/// Q8_K field offsets.
+const Q8K_QS: usize = 4;
+const Q8K_BSUMS: usize = 260;
+
+#[inline(always)]
+fn q8k_d(y: &[u8; Q8_K_BYTES]) -> f32 {
+    f32::from_le_bytes(*sub(y, 0))
+}
+
+/// The `c`-th 32-byte chunk of a Q8_K block's values.
+#[inline(always)]
+fn q8k_chunk(y: &[u8; Q8_K_BYTES], c: usize) -> &[u8; 32] {
+    sub(y, Q8K_QS + 32 * c)
+}
+
+/// `Σ u·y` per pair of bytes, as i16 (u < 64).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pair_dot(u: __m256i, y: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(u, y)
+}
+
+/// The 2-bit field `shift..shift+2` of every byte.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn two_bits(v: __m256i, shift: i32) -> __m256i {
+    let s = _mm_cvtsi32_si128(shift);
+    _mm256_and_si256(_mm256_srl_epi16(v, s), _mm256_set1_epi8(3))
+}
+
+/// 0xFF in bytes whose bit `bit` is set.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn bit_set(v: __m256i, bit: usize) -> __m256i {
+    let m = _mm256_set1_epi8((1u8 << (bit & 7)) as i8);
+    _mm256_cmpeq_epi8(_mm256_and_si256(v, m), m)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q2_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let low4 = _mm_set1_epi8(0x0F);
+    for (x, y) in blocks::<Q2_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        let yd = q8k_d(y);
+        let dm = f16_pair(sub(x, 80));
+        let d = yd * lane0(dm);
+        let dmin = -yd * lane1(dm);
+        let raw = load128(sub(x, 0));
+        let scales = _mm_and_si128(raw, low4);
+        let mins = _mm_and_si128(_mm_srli_epi16::<4>(raw), low4);
+        // Σ m_j · bsum_j in eight lanes (two groups each), the lanes llama.cpp uses.
+        let bsums = load256(sub(y, Q8K_BSUMS));
+        let prod = _mm256_madd_epi16(_mm256_cvtepi8_epi16(mins), bsums);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc);
+
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let q2 = load256(sub(x, 16 + 32 * half));
+            for k in 0..4 {
+                let c = 4 * half + k;
+                let u = two_bits(q2, 2 * k as i32);
+                let p = pair_dot(u, load256(q8k_chunk(y, c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pair_scales(scales, c), p));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Q3_K's sixteen 6-bit scales minus 32, as signed bytes (the layout of
+/// [`crate::kquants::unpack_q3k_scales`], unpacked four at a time): scale `j` has its low
+/// nibble in byte `j % 8` (low nibble for `j < 8`, high for the rest) and its top two bits
+/// at bits `2 (j / 4)` of byte `8 + j % 4`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q3k_scales(s: &[u8; 12]) -> __m128i {
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    let a0 = u32::from_le_bytes(*sub(s, 0));
+    let a1 = u32::from_le_bytes(*sub(s, 4));
+    let a2 = u32::from_le_bytes(*sub(s, 8));
+    let word = |low: u32, shift: u32| (low & LOW4) | (((a2 >> shift) & LOW2) << 4);
+    let v = _mm_set_epi32(
+        word(a1 >> 4, 6) as i32,
+        word(a0 >> 4, 4) as i32,
+        word(a1, 2) as i32,
+        word(a0, 0) as i32,
+    );
+    _mm_sub_epi8(v, _mm_set1_epi8(32))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q3_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let four = _mm256_set1_epi8(4);
+    for (x, y) in blocks::<Q3_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        // `d` is the last field: lane 1 of the pair ending the block.
+        let d = q8k_d(y) * lane1(f16_pair(sub(x, 106)));
+        let scales = q3k_scales(sub(x, 96));
+        let hmask = load256(sub(x, 0));
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let q3 = load256(sub(x, 32 + 32 * half));
+            for k in 0..4 {
+                let c = 4 * half + k;
+                let low = two_bits(q3, 2 * k as i32);
+                // Level = low - 4 where the hmask bit is clear: subtract 4·y there.
+                let minus4 = _mm256_andnot_si256(bit_set(hmask, c), four);
+                let yv = load256(q8k_chunk(y, c));
+                // |pair sums| <= 2·3·128 and 2·4·128: the difference fits in i16.
+                let p = _mm256_sub_epi16(pair_dot(low, yv), pair_dot(minus4, yv));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pair_scales(scales, c), p));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Q4_K/Q5_K's eight 6-bit scales and eight 6-bit mins as i16 lanes (the layout of
+/// [`crate::kquants::unpack_k4_scales`], unpacked four at a time): pairs 0..4 are the low
+/// six bits of bytes 0..4 (scales) and 4..8 (mins); pairs 4..8 have their low nibble in
+/// bytes 8..12 (scales low, mins high nibble) and their top two bits in the top bits of
+/// bytes 0..4 (scales) and 4..8 (mins).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn k4_scales_mins(s: &[u8; 12]) -> (__m128i, __m128i) {
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    let a0 = u32::from_le_bytes(*sub(s, 0));
+    let a1 = u32::from_le_bytes(*sub(s, 4));
+    let a2 = u32::from_le_bytes(*sub(s, 8));
+    let sc_lo = a0 & LOW6;
+    let mn_lo = a1 & LOW6;
+    let sc_hi = (a2 & LOW4) | (((a0 >> 6) & LOW2) << 4);
+    let mn_hi = ((a2 >> 4) & LOW4) | (((a1 >> 6) & LOW2) << 4);
+    let bytes = _mm_set_epi32(mn_hi as i32, mn_lo as i32, sc_hi as i32, sc_lo as i32);
+    let scales = _mm_cvtepu8_epi16(bytes);
+    let mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(bytes, bytes));
+    (scales, mins)
+}
+
+/// The Q4_K/Q5_K min term in four lanes: lane `j` = `m_2j (b_4j + b_4j+1) + m_2j+1
+/// (b_4j+2 + b_4j+3)` over the activation's sixteen group sums `b`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn k4_min_lanes(mins: __m128i, y: &[u8; Q8_K_BYTES]) -> __m128i {
+    let bsums = load256(sub(y, Q8K_BSUMS));
+    let pairs = _mm_hadd_epi16(
+        _mm256_castsi256_si128(bsums),
+        _mm256_extracti128_si256::<1>(bsums),
+    );
+    _mm_madd_epi16(mins, pairs)
+}
+
+/// Lane `i` of eight i16 lanes (held in both 128-bit halves of `v`), in every lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn broadcast_i16(v: __m256i, i: usize) -> __m256i {
+    let i = (i & 7) as i16;
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(((2 * i + 1) << 8) | (2 * i)))
+}
+
+/// The scale-weighted integer sums of a Q4_K/Q5_K super-block: `levels(q)` gives the
+/// unsigned levels (< 32) of 64-element quarter `q` as (first 32, second 32).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn k4_sumi(
+    scales: __m128i,
+    y: &[u8; Q8_K_BYTES],
+    mut levels: impl FnMut(usize) -> (__m256i, __m256i),
+) -> __m256i {
+    let scales = _mm256_set_m128i(scales, scales);
+    let mut sumi = _mm256_setzero_si256();
+    for q in 0..4 {
+        let (lo, hi) = levels(q);
+        let pl = pair_dot(lo, load256(q8k_chunk(y, 2 * q)));
+        let ph = pair_dot(hi, load256(q8k_chunk(y, 2 * q + 1)));
+        let pl = _mm256_madd_epi16(broadcast_i16(scales, 2 * q), pl);
+        let ph = _mm256_madd_epi16(broadcast_i16(scales, 2 * q + 1), ph);
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+    }
+    sumi
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = _mm_setzero_ps();
+    let low4 = _mm256_set1_epi8(0x0F);
+    for (x, y) in blocks::<Q4_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        let yd = q8k_d(y);
+        let dm = f16_pair(sub(x, 0));
+        let d = yd * lane0(dm);
+        let dmin = -yd * lane1(dm);
+        let (sc, mn) = k4_scales_mins(sub(x, 4));
+        let prod = k4_min_lanes(mn, y);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+        let sumi = k4_sumi(sc, y, |q| {
+            let bits = load256(sub(x, 16 + 32 * (q & 3)));
+            let lo = _mm256_and_si256(bits, low4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
+            (lo, hi)
+        });
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    // Four min lanes summed as (m0 + m2) + (m1 + m3).
+    let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    hsum_ps(acc) + _mm_cvtss_f32(m)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0.0f32;
+    let low4 = _mm256_set1_epi8(0x0F);
+    let sixteen = _mm256_set1_epi8(0x10);
+    for (x, y) in blocks::<Q5_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        let yd = q8k_d(y);
+        let dm = f16_pair(sub(x, 0));
+        let d = yd * lane0(dm);
+        let dmin = -yd * lane1(dm);
+        let (sc, mn) = k4_scales_mins(sub(x, 4));
+        // Here llama.cpp sums the min lanes as an integer and accumulates in f32 per
+        // super-block; its C compiler contracts that multiply-add into one fused
+        // operation, which is what gives the same bits.
+        let m = hsum_epi32_128(k4_min_lanes(mn, y)) as f32;
+        summs = fma_ss(dmin, m, summs);
+        let qh = load256(sub(x, 16));
+        let sumi = k4_sumi(sc, y, |q| {
+            let bits = load256(sub(x, 48 + 32 * (q & 3)));
+            let lo = _mm256_and_si256(bits, low4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
+            let lo = _mm256_or_si256(lo, _mm256_and_si256(bit_set(qh, 2 * q), sixteen));
+            let hi = _mm256_or_si256(hi, _mm256_and_si256(bit_set(qh, 2 * q + 1), sixteen));
+            (lo, hi)
+        });
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) + summs
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let low4 = _mm256_set1_epi8(0x0F);
+    for (x, y) in blocks::<Q6_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        let d = q8k_d(y) * lane1(f16_pair(sub(x, 206)));
+        let scales = load128(sub(x, 192));
+        // The -32 level offset: 32 · Σ sc_j · bsum_j, in the lanes llama.cpp uses
+        // (lane k holds groups 2k and 2k+1).
+        let bsums = load256(sub(y, Q8K_BSUMS));
+        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales)));
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let ql0 = load256(sub(x, 64 * half));
+            let ql1 = load256(sub(x, 64 * half + 32));
+            let qh = load256(sub(x, 128 + 32 * half));
+            // The high two bits of group k are bits 2k..2k+2 of `qh`, moved to bits 4..6
+            // (masked first, so no bits cross into the neighbouring byte).
+            let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)));
+            let h1 = _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)));
+            let h2 = _mm256_and_si256(qh, _mm256_set1_epi8(0x30));
+            let h3 = _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)));
+            let u = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low4), h0),
+                _mm256_or_si256(_mm256_and_si256(ql1, low4), h1),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4), h2),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4), h3),
+            ];
+            for (k, u) in u.into_iter().enumerate() {
+                let c = 4 * half + k;
+                let p = pair_dot(u, load256(q8k_chunk(y, c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pair_scales(scales, c), p));
+            }
+        }
+        let sumi = _mm256_sub_epi32(sumi, offset);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}

@@ -1,0 +1,154 @@
+//! AVX2 dot products of the 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
+//! with their Q8_0/Q8_1 activations.
+//!
+//! Each block's integer products end up as eight i32 lanes, lane `k` holding the sum over
+//! bytes `4k..4k+4`; the lanes are scaled by `d_w * d_a` and accumulated with one `fma`
+//! per block. The usual signed product `maddubs(|x|, sign(y, x))` goes wrong when `y`
+//! holds -128 (which `sign` cannot negate), so Q4_0/Q5_0 multiply their unsigned levels
+//! and subtract the level offset with a second `maddubs`, and Q8_0 checks each block's
+//! activations for -128 (see [`q8_0_q8_0`]): results are exact for every input.
+
+use core::arch::x86_64::*;
+
+use super::{
+    bits_to_bytes, entry, f16_pair, hsum_ps, lane0, lane1, load128, load256, nibbles32,
+    pairs_to_i32,
+};
+use crate::bytes::{blocks, sub};
+use crate::legacy::{
+    self as scalar, Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES, Q8_1_BYTES,
+};
+
+entry!(dot_q4_0_q8_0, q4_0_q8_0, scalar::dot_q4_0_q8_0);
+entry!(dot_q4_1_q8_1, q4_1_q8_1, scalar::dot_q4_1_q8_1);
+entry!(dot_q5_0_q8_0, q5_0_q8_0, scalar::dot_q5_0_q8_0);
+entry!(dot_q5_1_q8_1, q5_1_q8_1, scalar::dot_q5_1_q8_1);
+entry!(dot_q8_0_q8_0, q8_0_q8_0, scalar::dot_q8_0_q8_0);
+
+/// `Σ (u - off) · y` per 4-byte lane for unsigned levels `u` (< 32) and a level offset
+/// `off`. Each `maddubs` pair sum is at most 2·31·128 = 7936 in magnitude, and so is the
+/// difference, so nothing saturates.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn offset_dot(u: __m256i, y: __m256i, off: i8) -> __m256i {
+    let p = _mm256_maddubs_epi16(u, y);
+    let o = _mm256_maddubs_epi16(_mm256_set1_epi8(off), y);
+    pairs_to_i32(_mm256_sub_epi16(p, o))
+}
+
+/// `Σ u · y` per 4-byte lane for unsigned levels `u` (< 32): pair sums stay below 2^15.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn unsigned_dot(u: __m256i, y: __m256i) -> __m256i {
+    pairs_to_i32(_mm256_maddubs_epi16(u, y))
+}
+
+/// The five-bit levels of a Q5 block: nibbles plus 16 where the `qh` bit is set.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn five_bit_levels(qs: &[u8; 16], qh: &[u8; 4]) -> __m256i {
+    let high = _mm256_and_si256(
+        bits_to_bytes(u32::from_le_bytes(*qh)),
+        _mm256_set1_epi8(0x10),
+    );
+    _mm256_or_si256(nibbles32(qs), high)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in blocks::<Q4_0_BYTES>(w).zip(blocks::<Q8_0_BYTES>(a)) {
+        let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), f16_pair(sub(y, 0))));
+        let q = offset_dot(nibbles32(sub(x, 2)), load256(sub(y, 2)), 8);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    // The `m · s` terms (lane 1), summed in block order as llama.cpp does.
+    let mut summs = _mm_setzero_ps();
+    for (x, y) in blocks::<Q4_1_BYTES>(w).zip(blocks::<Q8_1_BYTES>(a)) {
+        // Lanes [d_x, m_x] and [d_y, s_y]: lane 0 of the product is the block scale,
+        // lane 1 of `summs` accumulates m_x · s_y (fused, as llama.cpp's build does).
+        let (xs, ys) = (f16_pair(sub(x, 0)), f16_pair(sub(y, 0)));
+        let d = lane0(_mm_mul_ps(xs, ys));
+        summs = _mm_fmadd_ps(xs, ys, summs);
+        let q = unsigned_dot(nibbles32(sub(x, 4)), load256(sub(y, 4)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), acc);
+    }
+    hsum_ps(acc) + lane1(summs)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in blocks::<Q5_0_BYTES>(w).zip(blocks::<Q8_0_BYTES>(a)) {
+        let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), f16_pair(sub(y, 0))));
+        let u = five_bit_levels(sub(x, 6), sub(x, 2));
+        let q = offset_dot(u, load256(sub(y, 2)), 16);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = _mm_setzero_ps();
+    for (x, y) in blocks::<Q5_1_BYTES>(w).zip(blocks::<Q8_1_BYTES>(a)) {
+        // Lanes [d_x, m_x] and [d_y, s_y]: lane 0 of the product is the block scale,
+        // lane 1 of `summs` accumulates m_x · s_y (fused, as llama.cpp's build does).
+        let (xs, ys) = (f16_pair(sub(x, 0)), f16_pair(sub(y, 0)));
+        let d = lane0(_mm_mul_ps(xs, ys));
+        summs = _mm_fmadd_ps(xs, ys, summs);
+        let u = five_bit_levels(sub(x, 8), sub(x, 4));
+        let q = unsigned_dot(u, load256(sub(y, 4)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(d), acc);
+    }
+    hsum_ps(acc) + lane1(summs)
+}
+
+/// Both operands are signed bytes. The usual AVX2 product `maddubs(|x|, sign(y, x))` is
+/// exact unless `y` holds -128: `sign` cannot negate it, and `|x| = 128` times 128 twice
+/// overflows an i16 pair sum (|x| <= 128 times |y| <= 127 twice stays below 2^15). Activation
+/// rows from `quantize_activations` never hold -128, so that is the fast path; a block
+/// with -128 in `y` takes an exact widening path instead. Both give lane `k` = the sum
+/// over bytes `4k..4k+4`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let min = _mm256_set1_epi8(i8::MIN);
+    for (x, y) in blocks::<Q8_0_BYTES>(w).zip(blocks::<Q8_0_BYTES>(a)) {
+        let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), f16_pair(sub(y, 0))));
+        let (xv, yv) = (load256(sub(x, 2)), load256(sub(y, 2)));
+        let has_min = _mm256_cmpeq_epi8(yv, min);
+        let q = if _mm256_testz_si256(has_min, has_min) == 1 {
+            let ax = _mm256_sign_epi8(xv, xv);
+            let sy = _mm256_sign_epi8(yv, xv);
+            pairs_to_i32(_mm256_maddubs_epi16(ax, sy))
+        } else {
+            widened_dot(x, y)
+        };
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Exact Q8_0 block product by widening both operands to i16 (`madd` of i16 products
+/// cannot overflow), with the pair sums regrouped into 4-byte lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(never)]
+fn widened_dot(x: &[u8; Q8_0_BYTES], y: &[u8; Q8_0_BYTES]) -> __m256i {
+    let (xl, xh) = (load128(sub(x, 2)), load128(sub(x, 18)));
+    let (yl, yh) = (load128(sub(y, 2)), load128(sub(y, 18)));
+    // Pair sums of bytes 0..16 and of bytes 16..32.
+    let pl = _mm256_madd_epi16(_mm256_cvtepi8_epi16(xl), _mm256_cvtepi8_epi16(yl));
+    let ph = _mm256_madd_epi16(_mm256_cvtepi8_epi16(xh), _mm256_cvtepi8_epi16(yh));
+    // hadd works per 128-bit half: quads [0, 1, 4, 5 | 2, 3, 6, 7] (in units of 4 bytes);
+    // the 64-bit permute puts them in order.
+    let quads = _mm256_hadd_epi32(pl, ph);
+    _mm256_permute4x64_epi64::<0b11_01_10_00>(quads)
+}

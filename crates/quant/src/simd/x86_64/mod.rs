@@ -1,0 +1,280 @@
+//! The x86_64 AVX2+FMA kernel set: CPU/OS feature detection, shared vector helpers and
+//! the kernel tables (the scalar tables with `vec_dot` replaced).
+//!
+//! The dot products keep llama.cpp's AVX2 accumulation structure (one 8-lane f32
+//! accumulator fed per block with `fma`, each lane holding the integer sum of the same
+//! four byte positions, the same final horizontal sum), so for well-formed activation
+//! rows they give the bits llama.cpp's AVX2 build gives. The integer parts are exact
+//! for every input: no step can saturate (see each kernel).
+
+use core::arch::x86_64::*;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use crate::{GgmlType, Kernels, QuantizeFn};
+
+mod act_quant;
+mod float_dot;
+mod kquant_dot;
+mod legacy_dot;
+
+pub(super) const SET_NAME: &str = "avx2+fma";
+
+const UNKNOWN: u8 = 0;
+const ABSENT: u8 = 1;
+const PRESENT: u8 = 2;
+
+/// Cached result of [`probe`].
+static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// Whether the CPU has AVX2, FMA and F16C and the OS saves YMM state. Probed once; a race
+/// between first callers only repeats the (idempotent) probe.
+#[inline]
+pub(super) fn available() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        PRESENT => true,
+        ABSENT => false,
+        _ => {
+            let ok = probe();
+            STATE.store(if ok { PRESENT } else { ABSENT }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+fn probe() -> bool {
+    // Leaf 0 gives the highest standard leaf; AVX2 is reported in leaf 7.
+    let max_leaf = __cpuid(0).eax;
+    if max_leaf < 7 {
+        return false;
+    }
+    let l1 = __cpuid(1);
+    let bit = |reg: u32, n: u32| (reg >> n) & 1 == 1;
+    let fma = bit(l1.ecx, 12);
+    let osxsave = bit(l1.ecx, 27);
+    let avx = bit(l1.ecx, 28);
+    let f16c = bit(l1.ecx, 29);
+    if !(fma && osxsave && avx && f16c) {
+        return false;
+    }
+    // SAFETY: OSXSAVE (CPUID.1:ECX bit 27) is set, so the OS has enabled XSAVE and the
+    // XGETBV instruction exists.
+    let xcr0 = unsafe { xcr0() };
+    // Bits 1 and 2: the OS saves SSE (XMM) and AVX (upper YMM) state on context switches.
+    if xcr0 & 0b110 != 0b110 {
+        return false;
+    }
+    // CPUID.(EAX=7, ECX=0):EBX bit 5.
+    bit(__cpuid_count(7, 0).ebx, 5)
+}
+
+/// Reads XCR0. Callers must have checked CPUID's OSXSAVE bit.
+#[target_feature(enable = "xsave")]
+unsafe fn xcr0() -> u64 {
+    _xgetbv(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernel tables. Dequantization and the weight quantizers stay scalar (they are not in the
+// per-token hot loop); `vec_dot` comes from this module.
+
+/// A table: the scalar table of the same type (crate root) with `vec_dot` replaced.
+macro_rules! table {
+    ($name:ident, $dot:path) => {
+        static $name: Kernels = Kernels {
+            vec_dot: $dot,
+            ..crate::$name
+        };
+    };
+}
+
+table!(F32, float_dot::dot_f32);
+table!(F16, float_dot::dot_f16);
+table!(BF16, float_dot::dot_bf16);
+table!(Q4_0, legacy_dot::dot_q4_0_q8_0);
+table!(Q4_1, legacy_dot::dot_q4_1_q8_1);
+table!(Q5_0, legacy_dot::dot_q5_0_q8_0);
+table!(Q5_1, legacy_dot::dot_q5_1_q8_1);
+table!(Q8_0, legacy_dot::dot_q8_0_q8_0);
+table!(Q2_K, kquant_dot::dot_q2_k_q8_k);
+table!(Q3_K, kquant_dot::dot_q3_k_q8_k);
+table!(Q4_K, kquant_dot::dot_q4_k_q8_k);
+table!(Q5_K, kquant_dot::dot_q5_k_q8_k);
+table!(Q6_K, kquant_dot::dot_q6_k_q8_k);
+
+/// The AVX2 kernels of `ty`. Callers check [`available`] first.
+pub(super) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
+    use GgmlType as T;
+    Some(match ty {
+        T::F32 => &F32,
+        T::F16 => &F16,
+        T::BF16 => &BF16,
+        T::Q4_0 => &Q4_0,
+        T::Q4_1 => &Q4_1,
+        T::Q5_0 => &Q5_0,
+        T::Q5_1 => &Q5_1,
+        T::Q8_0 => &Q8_0,
+        T::Q2_K => &Q2_K,
+        T::Q3_K => &Q3_K,
+        T::Q4_K => &Q4_K,
+        T::Q5_K => &Q5_K,
+        T::Q6_K => &Q6_K,
+        _ => return None,
+    })
+}
+
+/// The AVX2 activation quantizer for format `ty`, where there is one (Q8_0, Q8_1, Q8_K).
+/// Callers check [`available`] first.
+pub(super) fn act_quantizer(ty: GgmlType) -> Option<QuantizeFn> {
+    match ty {
+        GgmlType::Q8_0 => Some(act_quant::quantize_act_q8_0),
+        GgmlType::Q8_1 => Some(act_quant::quantize_act_q8_1),
+        GgmlType::Q8_K => Some(act_quant::quantize_act_q8_k),
+        _ => None,
+    }
+}
+
+/// Defines the safe, table-compatible entry point `$name` for the target-feature kernel
+/// `$kernel`, falling back to the scalar twin `$scalar` if the CPU lacks the features
+/// (so the function is sound even if reached without going through the table).
+macro_rules! entry {
+    ($name:ident, $kernel:ident, $scalar:path) => {
+        pub(crate) fn $name(w: &[u8], a: &[u8]) -> f32 {
+            if !super::available() {
+                return $scalar(w, a);
+            }
+            // SAFETY: `available()` confirmed AVX2, FMA and F16C on this CPU and YMM state
+            // support in the OS, the features `$kernel` is compiled for. The kernel
+            // itself only reads whole blocks through checked slices.
+            unsafe { $kernel(w, a) }
+        }
+    };
+}
+use entry;
+
+// ---------------------------------------------------------------------------------------
+// Shared helpers. They are `#[inline]` target-feature functions: inlined into the kernels,
+// which have the same features.
+
+/// Loads 32 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load256(b: &[u8; 32]) -> __m256i {
+    // SAFETY: `b` is exactly 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+/// Loads 16 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load128(b: &[u8; 16]) -> __m128i {
+    // SAFETY: `b` is exactly 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+/// Widens one little-endian f16 exactly (F16C).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_to_f32(b: [u8; 2]) -> f32 {
+    let h = u16::from_le_bytes(b);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+/// Widens the two little-endian f16s in `b` exactly (F16C): lanes 0 and 1 (2 and 3 are
+/// zero). Loading from memory (rather than inserting into a register) keeps successive
+/// blocks' conversions independent of each other.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_pair(b: &[u8; 4]) -> __m128 {
+    // SAFETY: `b` is exactly 4 readable bytes; `loadu_si32` reads 4 bytes, unaligned.
+    let v = unsafe { _mm_loadu_si32(b.as_ptr()) };
+    _mm_cvtph_ps(v)
+}
+
+/// Lane 0 of `v`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lane0(v: __m128) -> f32 {
+    _mm_cvtss_f32(v)
+}
+
+/// Lane 1 of `v`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lane1(v: __m128) -> f32 {
+    _mm_cvtss_f32(_mm_movehdup_ps(v))
+}
+
+/// Horizontal sum of 8 lanes in llama.cpp's order: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_ps(v: __m256) -> f32 {
+    let r = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
+/// `a * b + c` with a single rounding.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn fma_ss(a: f32, b: f32, c: f32) -> f32 {
+    _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)))
+}
+
+/// Sum of four i32 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_epi32_128(v: __m128i) -> i32 {
+    let s = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Sums adjacent i16 pairs into i32 lanes (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pairs_to_i32(v: __m256i) -> __m256i {
+    _mm256_madd_epi16(v, _mm256_set1_epi16(1))
+}
+
+/// The 32 nibbles of a legacy block's 16 bytes, in element order: low nibbles (elements
+/// 0..16) in the lower 128 bits, high nibbles (16..32) in the upper.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn nibbles32(qs: &[u8; 16]) -> __m256i {
+    let lo = load128(qs);
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(lo), lo);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Byte `k` is 0xFF where bit `k` of `bits` is set, else 0.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn bits_to_bytes(bits: u32) -> __m256i {
+    // Byte k takes byte k / 8 of `bits` (shuffles act within 128-bit halves, and every
+    // 32-bit lane of the source holds all four bytes).
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    // Then tests bit k % 8 of it.
+    let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select)
+}
+
+/// An i16 vector whose lanes 0..8 hold `scales[2k]` and lanes 8..16 hold `scales[2k+1]`
+/// (bytes of `scales` taken as signed): the weights of one 32-byte chunk of 16-element
+/// sub-blocks, lined up with `maddubs` output.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pair_scales(scales: __m128i, k: usize) -> __m256i {
+    const ONES: i64 = 0x0101_0101_0101_0101;
+    let k = (k & 7) as i64;
+    let idx = _mm_set_epi64x((2 * k + 1) * ONES, 2 * k * ONES);
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, idx))
+}
