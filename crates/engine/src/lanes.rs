@@ -1,0 +1,326 @@
+//! Dot products that round like llama.cpp's x86 (AVX2/AVX-512) kernels.
+//!
+//! The integer part of a quantised dot product is exact in any order, but the f32
+//! accumulation of the per-block results is not. llama.cpp keeps eight f32 lanes, lane
+//! `j` taking the integer sum of elements `4j..4j+4` of every block with a fused
+//! multiply-add, and adds the lanes pairwise at the end. Activation quantisation then
+//! turns last-bit differences into whole quantisation steps, so matching that order
+//! is what keeps the logits within a few thousandths of llama.cpp's instead of tenths.
+//!
+//! Formats without a lane kernel here fall back to `embodios-quant`'s scalar kernels.
+
+use embodios_gguf::GgmlType;
+
+use crate::ops::DotOrder;
+
+use crate::ops::fma;
+
+/// ggml's `hsum_float_8`: halves added, then pairs, then the last two.
+#[inline(always)]
+fn hsum8(l: &[f32; 8]) -> f32 {
+    let q = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    let p0 = q[0] + q[2];
+    let p1 = q[1] + q[3];
+    p0 + p1
+}
+
+#[inline(always)]
+fn h(b0: u8, b1: u8) -> f32 {
+    crate::f16table::f16_to_f32(u16::from_le_bytes([b0, b1]))
+}
+
+/// The eight lane sums of one block: lane `j` is the exact integer dot product of
+/// elements `4j..4j+4`.
+///
+/// Written as 16-bit multiplies summed in pairs into 32 bits, a shape compilers map to
+/// a single multiply-add instruction even on baseline x86-64 (weights fit in 8 bits
+/// and activations in 8 bits, so no product or pair sum overflows).
+#[inline(always)]
+fn lane_sums(w: &[i16; 32], a: &[u8; 32]) -> [i32; 8] {
+    let mut y = [0i16; 32];
+    for i in 0..32 {
+        y[i] = i16::from(a[i] as i8);
+    }
+    let mut pairs = [0i32; 16];
+    for k in 0..16 {
+        pairs[k] = i32::from(w[2 * k]) * i32::from(y[2 * k])
+            + i32::from(w[2 * k + 1]) * i32::from(y[2 * k + 1]);
+    }
+    let mut s = [0i32; 8];
+    for j in 0..8 {
+        s[j] = pairs[2 * j] + pairs[2 * j + 1];
+    }
+    s
+}
+
+#[inline(always)]
+fn accumulate(acc: &mut [f32; 8], d: f32, s: &[i32; 8]) {
+    for j in 0..8 {
+        acc[j] = fma(d, s[j] as f32, acc[j]);
+    }
+}
+
+#[inline(always)]
+fn arr32(b: &[u8]) -> &[u8; 32] {
+    // Callers pass exactly 32 bytes; an empty array would only come from a length bug.
+    b.try_into().unwrap_or(&[0; 32])
+}
+
+#[inline(always)]
+fn arr16(b: &[u8]) -> &[u8; 16] {
+    b.try_into().unwrap_or(&[0; 16])
+}
+
+/// Unpacks 16 bytes of nibbles: low nibbles are elements 0..16, high ones 16..32.
+#[inline(always)]
+fn nibbles(q: &[u8; 16], offset: i16) -> [i16; 32] {
+    let mut v = [0i16; 32];
+    for i in 0..16 {
+        v[i] = i16::from(q[i] & 0x0f) - offset;
+        v[i + 16] = i16::from(q[i] >> 4) - offset;
+    }
+    v
+}
+
+/// Q8_0 weights with Q8_0 activations (34-byte blocks: f16 scale, 32 signed bytes).
+pub fn dot_q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.chunks_exact(34).zip(a.chunks_exact(34)) {
+        let d = h(x[0], x[1]) * h(y[0], y[1]);
+        let xq = arr32(&x[2..34]);
+        let mut wv = [0i16; 32];
+        for i in 0..32 {
+            wv[i] = i16::from(xq[i] as i8);
+        }
+        accumulate(&mut acc, d, &lane_sums(&wv, arr32(&y[2..34])));
+    }
+    hsum8(&acc)
+}
+
+/// Q4_1 weights (f16 d, f16 min, 16 bytes of nibbles) with Q8_1 activations (f16 d,
+/// f16 d*sum, 32 signed bytes). The min terms are summed separately, fused, in block
+/// order, and added last.
+pub fn dot_q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut mins = 0.0f32;
+    for (x, y) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
+        let d = h(x[0], x[1]) * h(y[0], y[1]);
+        mins = fma(h(x[2], x[3]), h(y[2], y[3]), mins);
+        let wv = nibbles(arr16(&x[4..20]), 0);
+        accumulate(&mut acc, d, &lane_sums(&wv, arr32(&y[4..36])));
+    }
+    hsum8(&acc) + mins
+}
+
+/// Q4_0 weights (f16 d, nibbles minus 8) with Q8_0 activations.
+pub fn dot_q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
+        let d = h(x[0], x[1]) * h(y[0], y[1]);
+        let wv = nibbles(arr16(&x[2..18]), 8);
+        accumulate(&mut acc, d, &lane_sums(&wv, arr32(&y[2..34])));
+    }
+    hsum8(&acc)
+}
+
+#[inline(always)]
+fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+}
+
+#[inline(always)]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    h(b[2 * i], b[2 * i + 1])
+}
+
+/// A float dot product as ggml's single-token kernels compute it: four 16-lane
+/// accumulators over steps of 64 elements, folded pairwise, then a sequential tail.
+/// With `f64_tail` the tail is summed in f64 (ggml's f16 kernel) instead of with f32
+/// fused multiply-adds (its f32 kernel).
+#[inline(always)]
+fn dot_single(n: usize, f64_tail: bool, prod: impl Fn(usize) -> (f32, f32)) -> f32 {
+    let mut acc = [[0.0f32; 16]; 4];
+    let full = n & !63;
+    for base in (0..full).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                let (x, y) = prod(base + 16 * j + l);
+                *lane = fma(x, y, *lane);
+            }
+        }
+    }
+    let [a0, a1, a2, a3] = acc;
+    let mut r = [0.0f32; 16];
+    for l in 0..16 {
+        r[l] = (a0[l] + a2[l]) + (a1[l] + a3[l]);
+    }
+    let sum = crate::ops::reduce16(&r);
+    if f64_tail {
+        let mut wide = f64::from(sum);
+        for i in full..n {
+            let (x, y) = prod(i);
+            wide += f64::from(x * y);
+        }
+        wide as f32
+    } else {
+        let mut sum = sum;
+        for i in full..n {
+            let (x, y) = prod(i);
+            sum = fma(x, y, sum);
+        }
+        sum
+    }
+}
+
+/// A float dot product as tinyBLAS computes it for a batch: one 16-lane accumulator.
+#[inline(always)]
+fn dot_batch(n: usize, prod: impl Fn(usize) -> (f32, f32)) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    for i in 0..n {
+        let (x, y) = prod(i);
+        lanes[i % 16] = fma(x, y, lanes[i % 16]);
+    }
+    crate::ops::reduce16(&lanes)
+}
+
+/// F32 weights with F32 activations, one token.
+pub fn dot_f32_single(w: &[u8], a: &[u8]) -> f32 {
+    dot_single(w.len() / 4, false, |i| (f32_at(w, i), f32_at(a, i)))
+}
+
+/// F32 weights with F32 activations, in a batch.
+pub fn dot_f32_batch(w: &[u8], a: &[u8]) -> f32 {
+    dot_batch(w.len() / 4, |i| (f32_at(w, i), f32_at(a, i)))
+}
+
+/// F16 weights with F16 activations, one token.
+pub fn dot_f16_single(w: &[u8], a: &[u8]) -> f32 {
+    dot_single(w.len() / 2, true, |i| (f16_at(w, i), f16_at(a, i)))
+}
+
+/// F16 weights with F16 activations, in a batch.
+pub fn dot_f16_batch(w: &[u8], a: &[u8]) -> f32 {
+    dot_batch(w.len() / 2, |i| (f16_at(w, i), f16_at(a, i)))
+}
+
+/// A dot product of a weight row with an activation row (both as bytes).
+pub type LaneDot = fn(&[u8], &[u8]) -> f32;
+
+/// The lane kernel for a weight type in a given evaluation mode, if there is one.
+/// The quantised kernels accumulate alike for one token and for a batch; the float
+/// ones do not (and tinyBLAS only takes rows that are a multiple of 16 long).
+pub fn lane_dot(ty: GgmlType, order: DotOrder, cols: usize) -> Option<LaneDot> {
+    let batch = order == DotOrder::Batch && cols.is_multiple_of(16);
+    // `embodios-quant`'s AVX2 kernels for the legacy block formats keep the same eight
+    // lanes and final fold as llama.cpp, so they give the same bits, faster (the
+    // fidelity tests and `simd_legacy_kernels_match_the_lane_kernels` check this).
+    // `embodios_quant::force_scalar(true)` turns this off (for benchmarks).
+    if matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_1 | GgmlType::Q4_0)
+        && embodios_quant::active_kernel_set() != "scalar"
+    {
+        if let Some(k) = embodios_quant::simd_kernels(ty) {
+            return Some(k.vec_dot);
+        }
+    }
+    match ty {
+        GgmlType::Q8_0 => Some(dot_q8_0_q8_0),
+        GgmlType::Q4_1 => Some(dot_q4_1_q8_1),
+        GgmlType::Q4_0 => Some(dot_q4_0_q8_0),
+        GgmlType::F32 if batch => Some(dot_f32_batch),
+        GgmlType::F32 => Some(dot_f32_single),
+        GgmlType::F16 if batch => Some(dot_f16_batch),
+        GgmlType::F16 => Some(dot_f16_single),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::Rng;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    fn random_row(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale)
+            .collect()
+    }
+
+    fn encode(ty: GgmlType, x: &[f32], act: bool) -> Vec<u8> {
+        let mut out = vec![0u8; ty.bytes_for(x.len() as u64).unwrap() as usize];
+        if act {
+            embodios_quant::quantize_activations(ty, x, &mut out).unwrap();
+        } else {
+            embodios_quant::quantize_row(ty, x, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn simd_legacy_kernels_match_the_lane_kernels() {
+        let mut rng = Rng::new(5);
+        let lane: [(GgmlType, LaneDot); 3] = [
+            (GgmlType::Q8_0, dot_q8_0_q8_0),
+            (GgmlType::Q4_1, dot_q4_1_q8_1),
+            (GgmlType::Q4_0, dot_q4_0_q8_0),
+        ];
+        for (ty, lane_fn) in lane {
+            let act_ty = embodios_quant::vec_dot_type(ty).unwrap();
+            let chosen = lane_dot(ty, DotOrder::Single, 576).unwrap();
+            for trial in 0..200 {
+                let n = 32 * (1 + trial % 24);
+                let w = encode(ty, &random_row(&mut rng, n, 0.1), false);
+                let a = encode(act_ty, &random_row(&mut rng, n, 3.0), true);
+                let want = lane_fn(&w, &a);
+                assert_eq!(chosen(&w, &a).to_bits(), want.to_bits(), "{ty} n={n}");
+                if let Some(k) = embodios_quant::simd_kernels(ty) {
+                    assert_eq!((k.vec_dot)(&w, &a).to_bits(), want.to_bits(), "{ty} n={n}");
+                }
+                // And the lane order is a real reordering of the exact dot product.
+                let (mut wf, mut af) = (vec![0.0f32; n], vec![0.0f32; n]);
+                embodios_quant::dequantize_row(ty, &w, &mut wf).unwrap();
+                embodios_quant::dequantize_row(act_ty, &a, &mut af).unwrap();
+                let exact: f64 = wf
+                    .iter()
+                    .zip(&af)
+                    .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                    .sum();
+                let tol =
+                    1e-3 * (1.0 + exact.abs()) + if ty == GgmlType::Q4_1 { 0.05 } else { 0.0 };
+                assert!(
+                    (f64::from(want) - exact).abs() < tol,
+                    "{ty}: {want} vs {exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn float_kernels_follow_their_accumulation_orders() {
+        let mut rng = Rng::new(9);
+        for n in [16usize, 64, 80, 128, 576] {
+            let w = random_row(&mut rng, n, 1.0);
+            let a = random_row(&mut rng, n, 1.0);
+            let wb: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let ab: Vec<u8> = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let exact: f64 = w
+                .iter()
+                .zip(&a)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            let single = dot_f32_single(&wb, &ab);
+            let batch = dot_f32_batch(&wb, &ab);
+            assert!((f64::from(single) - exact).abs() < 1e-4, "n={n}");
+            assert!((f64::from(batch) - exact).abs() < 1e-4, "n={n}");
+            // Up to 16 elements both orders are the same sums of single products.
+            if n == 16 {
+                let mut lanes = [0.0f32; 16];
+                for i in 0..16 {
+                    lanes[i] = w[i] * a[i];
+                }
+                assert_eq!(batch, crate::ops::reduce16(&lanes));
+            }
+        }
+    }
+}

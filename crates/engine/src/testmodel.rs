@@ -1,0 +1,225 @@
+//! A deterministic random-weight llama GGUF for fidelity tests: small enough to build in
+//! memory in milliseconds, real enough for llama.cpp to load (it borrows a real model's
+//! tokenizer metadata), with a mix of weight types so every matmul path is exercised.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+use embodios_gguf::{GgmlType, GgufFile, GgufWriter, OwnedValue, WriteError};
+
+use crate::kernels::{self, QuantError};
+use crate::sampler::Rng;
+
+/// Shape and seed of the random model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RandomLlamaSpec {
+    pub seed: u64,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub n_ff: usize,
+    pub context_length: u32,
+    pub rope_freq_base: f32,
+    pub rms_eps: f32,
+}
+
+impl Default for RandomLlamaSpec {
+    fn default() -> Self {
+        Self {
+            seed: 20_261_127,
+            n_layer: 2,
+            n_embd: 64,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 128,
+            context_length: 2048,
+            rope_freq_base: 10000.0,
+            rms_eps: 1e-5,
+        }
+    }
+}
+
+/// Why the random model could not be written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TestModelError {
+    /// The tokenizer source has no `tokenizer.ggml.tokens` array.
+    NoVocabulary,
+    Write(WriteError),
+    Quant(QuantError),
+}
+
+impl fmt::Display for TestModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TestModelError::NoVocabulary => {
+                f.write_str("the tokenizer source file has no tokenizer.ggml.tokens array")
+            }
+            TestModelError::Write(e) => write!(f, "writing the GGUF failed: {e}"),
+            TestModelError::Quant(e) => write!(f, "quantising a weight failed: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for TestModelError {}
+
+impl From<WriteError> for TestModelError {
+    fn from(e: WriteError) -> Self {
+        TestModelError::Write(e)
+    }
+}
+
+impl From<QuantError> for TestModelError {
+    fn from(e: QuantError) -> Self {
+        TestModelError::Quant(e)
+    }
+}
+
+/// Standard normal samples by Box-Muller over the engine's seeded PRNG.
+struct Normal {
+    rng: Rng,
+    spare: Option<f32>,
+}
+
+impl Normal {
+    fn next(&mut self) -> f32 {
+        if let Some(v) = self.spare.take() {
+            return v;
+        }
+        let u1 = self.rng.next_f64().max(1e-300);
+        let u2 = self.rng.next_f64();
+        let r = libm::sqrt(-2.0 * libm::log(u1));
+        let t = 2.0 * core::f64::consts::PI * u2;
+        self.spare = Some((r * libm::sin(t)) as f32);
+        (r * libm::cos(t)) as f32
+    }
+
+    fn fill(&mut self, n: usize, mean: f32, std: f32) -> Vec<f32> {
+        (0..n).map(|_| mean + std * self.next()).collect()
+    }
+}
+
+fn encode(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, TestModelError> {
+    if ty == GgmlType::F32 {
+        return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+    let n = ty.bytes_for(values.len() as u64).unwrap_or(0) as usize;
+    let mut out = vec![0u8; n];
+    kernels::quantize_weights(ty, values, &mut out)?;
+    Ok(out)
+}
+
+/// Writes the random llama described by `spec`, taking every `tokenizer.*` key (the
+/// vocabulary defines the embedding height) from `tokenizer_source`. The same spec and
+/// source always give the same bytes.
+pub fn write_random_llama(
+    spec: &RandomLlamaSpec,
+    tokenizer_source: &GgufFile<'_>,
+) -> Result<Vec<u8>, TestModelError> {
+    let vocab = tokenizer_source
+        .get_array("tokenizer.ggml.tokens")
+        .map(|a| a.len())
+        .filter(|&n| n > 0)
+        .ok_or(TestModelError::NoVocabulary)?;
+    let mut w = GgufWriter::new();
+    let arch = "llama";
+    let key = |s: &str| format!("{arch}.{s}");
+    w.add_metadata("general.architecture", OwnedValue::str(arch))?;
+    w.add_metadata("general.name", OwnedValue::str("embodios-random-llama"))?;
+    w.add_metadata(&key("block_count"), OwnedValue::U32(spec.n_layer as u32))?;
+    w.add_metadata(&key("context_length"), OwnedValue::U32(spec.context_length))?;
+    w.add_metadata(
+        &key("embedding_length"),
+        OwnedValue::U32(spec.n_embd as u32),
+    )?;
+    w.add_metadata(
+        &key("feed_forward_length"),
+        OwnedValue::U32(spec.n_ff as u32),
+    )?;
+    w.add_metadata(
+        &key("attention.head_count"),
+        OwnedValue::U32(spec.n_head as u32),
+    )?;
+    w.add_metadata(
+        &key("attention.head_count_kv"),
+        OwnedValue::U32(spec.n_head_kv as u32),
+    )?;
+    w.add_metadata(
+        &key("attention.layer_norm_rms_epsilon"),
+        OwnedValue::F32(spec.rms_eps),
+    )?;
+    w.add_metadata(&key("rope.freq_base"), OwnedValue::F32(spec.rope_freq_base))?;
+    let head_dim = spec.n_embd / spec.n_head;
+    w.add_metadata(
+        &key("rope.dimension_count"),
+        OwnedValue::U32(head_dim as u32),
+    )?;
+    w.add_metadata(&key("vocab_size"), OwnedValue::U32(vocab as u32))?;
+    for (k, v) in &tokenizer_source.metadata {
+        if k.starts_with("tokenizer.") {
+            if let Some(owned) = v.to_owned_value() {
+                w.add_metadata(k, owned)?;
+            }
+        }
+    }
+
+    let mut rng = Normal {
+        rng: Rng::new(spec.seed),
+        spare: None,
+    };
+    let (e, ff) = (spec.n_embd as u64, spec.n_ff as u64);
+    let kv = (spec.n_head_kv * head_dim) as u64;
+    let mut add = |w: &mut GgufWriter,
+                   name: &str,
+                   dims: &[u64],
+                   ty: GgmlType,
+                   mean: f32,
+                   std: f32|
+     -> Result<(), TestModelError> {
+        let n = dims.iter().product::<u64>() as usize;
+        let values = rng.fill(n, mean, std);
+        w.add_tensor(name, dims, ty, encode(ty, &values)?)?;
+        Ok(())
+    };
+    use GgmlType::*;
+    add(
+        &mut w,
+        "token_embd.weight",
+        &[e, vocab as u64],
+        Q8_0,
+        0.0,
+        0.5,
+    )?;
+    // Layers alternate type mixes so every supported pairing is used somewhere.
+    let mixes = [
+        [Q4_1, Q8_0, F32, Q4_1, Q8_0, Q4_0, F16],
+        [Q8_0, Q4_1, F16, F32, Q4_0, Q8_0, Q4_1],
+    ];
+    for l in 0..spec.n_layer {
+        let m = mixes[l % mixes.len()];
+        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        add(&mut w, &n("attn_norm"), &[e], F32, 1.0, 0.1)?;
+        add(&mut w, &n("attn_q"), &[e, e], m[0], 0.0, 0.15)?;
+        add(&mut w, &n("attn_k"), &[e, kv], m[1], 0.0, 0.15)?;
+        add(&mut w, &n("attn_v"), &[e, kv], m[2], 0.0, 0.15)?;
+        add(&mut w, &n("attn_output"), &[e, e], m[3], 0.0, 0.1)?;
+        add(&mut w, &n("ffn_norm"), &[e], F32, 1.0, 0.1)?;
+        add(&mut w, &n("ffn_gate"), &[e, ff], m[4], 0.0, 0.1)?;
+        add(&mut w, &n("ffn_up"), &[e, ff], m[5], 0.0, 0.1)?;
+        add(&mut w, &n("ffn_down"), &[ff, e], m[6], 0.0, 0.1)?;
+    }
+    add(&mut w, "output_norm.weight", &[e], F32, 1.0, 0.1)?;
+    add(&mut w, "output.weight", &[e, vocab as u64], Q4_1, 0.0, 0.3)?;
+    Ok(w.finish())
+}
+
+/// A short description for logs.
+pub fn describe(spec: &RandomLlamaSpec) -> String {
+    format!(
+        "random llama: {} layers, width {}, {} heads ({} KV), ffn {}, seed {}",
+        spec.n_layer, spec.n_embd, spec.n_head, spec.n_head_kv, spec.n_ff, spec.seed
+    )
+}

@@ -1,0 +1,164 @@
+//! Shared helpers of the engine's integration tests: locating models, reading goldens,
+//! and comparing a greedy continuation with llama.cpp's.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use embodios_engine::parallel::Parallel;
+use embodios_engine::sampler::argmax;
+use embodios_engine::{Model, Session};
+use serde_json::Value;
+
+/// Divergences from llama.cpp's greedy choice are tolerated only where llama.cpp's own
+/// top-1/top-2 logit margin was below this (a near tie that rounding can flip).
+pub const NEAR_TIE_MARGIN: f32 = 0.05;
+
+/// Path of a model file: `$ENV`, else `$EMBODIOS_CACHE/models/<file>`, else
+/// `~/.cache/embodios/models/<file>`. Panics with the fetch hint when absent.
+pub fn model_path(env: &str, file: &str, fetch_arg: &str) -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(p) = std::env::var(env) {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Ok(c) = std::env::var("EMBODIOS_CACHE") {
+        candidates.push(Path::new(&c).join("models").join(file));
+    }
+    if let Ok(h) = std::env::var("HOME") {
+        candidates.push(Path::new(&h).join(".cache/embodios/models").join(file));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("model not found: run `cargo xtask fetch-model{fetch_arg}`"))
+}
+
+pub fn smollm2_path() -> PathBuf {
+    model_path(
+        "EMBODIOS_MODEL_SMOLLM2_135M",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "",
+    )
+}
+
+pub fn golden(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("cannot read golden {}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad golden {}: {e}", p.display()))
+}
+
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array of floats")
+        .iter()
+        .map(|x| x.as_f64().expect("float") as f32)
+        .collect()
+}
+
+/// The full logit vector of a case, when the golden stores it.
+pub fn full_logits(case: &Value) -> Option<Vec<f32>> {
+    let b64 = case.get("last_logits_f32_b64")?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64 logits");
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+/// Result of comparing one prompt with its golden.
+#[derive(Debug, Default)]
+pub struct CaseReport {
+    pub prompt: String,
+    /// Max |ours - llama.cpp| over the stored top-64 logits of the last prompt position.
+    pub top_err: f32,
+    /// Max |ours - llama.cpp| over the whole vector (when stored).
+    pub full_err: Option<f32>,
+    /// Greedy tokens that matched before the end or an accepted near-tie divergence.
+    pub matched: usize,
+    pub expected: usize,
+    /// Step, llama.cpp's token, ours and llama.cpp's margin, at an accepted divergence.
+    pub near_tie: Option<(usize, u32, u32, f32)>,
+    /// A divergence where llama.cpp's margin was not a near tie (a failure).
+    pub hard_divergence: Option<(usize, u32, u32, f32)>,
+}
+
+/// Runs one golden case: prefill, logit comparison, then greedy decoding against
+/// llama.cpp's tokens.
+pub fn run_case(
+    model: &Model<'_>,
+    session: &mut Session,
+    case: &Value,
+    par: &dyn Parallel,
+) -> CaseReport {
+    session.reset();
+    let prompt = ids(&case["prompt_ids"]);
+    let mut rep = CaseReport {
+        prompt: case["prompt"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(48)
+            .collect(),
+        ..CaseReport::default()
+    };
+    let logits = model
+        .forward(session, &prompt, par)
+        .expect("prefill")
+        .to_vec();
+    for pair in case["last_logits_top"].as_array().expect("top logits") {
+        let id = pair[0].as_u64().unwrap() as usize;
+        let want = pair[1].as_f64().unwrap() as f32;
+        rep.top_err = rep.top_err.max((logits[id] - want).abs());
+    }
+    if let Some(full) = full_logits(case) {
+        assert_eq!(
+            full.len(),
+            logits.len(),
+            "vocab size differs from the golden"
+        );
+        rep.full_err = Some(
+            full.iter()
+                .zip(&logits)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max),
+        );
+    }
+    let want = ids(&case["greedy_ids"]);
+    let margins = floats(&case["greedy_margins"]);
+    rep.expected = want.len();
+    let mut logits = logits;
+    for (step, (&w, &m)) in want.iter().zip(&margins).enumerate() {
+        let ours = argmax(&logits).expect("logits") as u32;
+        if ours != w {
+            if m < NEAR_TIE_MARGIN {
+                rep.near_tie = Some((step, w, ours, m));
+            } else {
+                rep.hard_divergence = Some((step, w, ours, m));
+            }
+            break;
+        }
+        rep.matched += 1;
+        if step + 1 < want.len() {
+            logits = model
+                .forward(session, &[ours], par)
+                .expect("decode")
+                .to_vec();
+        }
+    }
+    rep
+}

@@ -1,0 +1,284 @@
+//! Host-side (std) implementations of the engine's platform traits: a persistent thread
+//! pool implementing [`Parallel`] and a monotonic [`Clock`].
+//!
+//! The engine crates are `no_std`; these are what a program on an ordinary OS plugs in.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+pub use embodios_engine::generate::Clock;
+pub use embodios_engine::parallel::Parallel;
+
+/// A job as the workers see it: the caller's closure with its lifetime erased.
+///
+/// `ThreadPool::run` does not return before every worker has finished with the job
+/// (`remaining` back at zero), so the borrow never outlives the closure.
+type ErasedJob = &'static (dyn Fn(usize) + Sync);
+
+/// A waiting thread first spins this many times (a token's forward pass posts a few
+/// hundred short jobs, and a condition-variable wake-up costs more than such a job)...
+const SPIN_LIMIT: u32 = 256;
+/// ...then yields its time slice this many times (so that, when the machine has fewer
+/// free cores than pool threads, the thread it waits for can run), and then a worker
+/// goes to sleep on the condition variable while the caller keeps yielding.
+const YIELD_LIMIT: u32 = 64;
+
+struct Shared {
+    /// Bumped once per `run`; a worker runs the job when it sees a new generation.
+    generation: AtomicU64,
+    /// Workers that have not yet finished the current job.
+    remaining: AtomicUsize,
+    /// A worker's job panicked during the current generation.
+    panicked: AtomicBool,
+    shutdown: AtomicBool,
+    job: Mutex<Option<ErasedJob>>,
+    /// Sleeping workers wait here for a new generation.
+    sleep: Mutex<()>,
+    wake: Condvar,
+}
+
+/// A fixed set of worker threads, created once, that run [`Parallel`] jobs.
+///
+/// The calling thread takes part as index 0, so a pool of `n` threads starts `n - 1`
+/// workers. Between jobs workers spin briefly, then sleep on a condition variable.
+pub struct ThreadPool {
+    threads: usize,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Serialises concurrent `run` calls from different threads.
+    run_lock: Mutex<()>,
+}
+
+impl ThreadPool {
+    /// A pool of `threads` threads in total (the caller plus `threads - 1` workers);
+    /// `0` is treated as 1.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(0),
+            remaining: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            job: Mutex::new(None),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let mut workers = Vec::with_capacity(threads - 1);
+        for index in 1..threads {
+            let shared = Arc::clone(&shared);
+            let handle = thread::Builder::new()
+                .name(format!("embodios-worker-{index}"))
+                .spawn(move || worker_loop(&shared, index))?;
+            workers.push(handle);
+        }
+        Ok(Self {
+            threads,
+            shared,
+            workers,
+            run_lock: Mutex::new(()),
+        })
+    }
+
+    /// A pool with one thread per available core.
+    pub fn with_available_parallelism() -> std::io::Result<Self> {
+        Self::new(thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+/// Waits until the generation differs from `seen` (or shutdown); returns the new one.
+fn wait_for_job(shared: &Shared, seen: u64) -> Option<u64> {
+    let mut spins = 0u32;
+    loop {
+        if shared.shutdown.load(Ordering::Acquire) {
+            return None;
+        }
+        let g = shared.generation.load(Ordering::Acquire);
+        if g != seen {
+            return Some(g);
+        }
+        if spins < SPIN_LIMIT {
+            spins += 1;
+            std::hint::spin_loop();
+            continue;
+        }
+        if spins < SPIN_LIMIT + YIELD_LIMIT {
+            spins += 1;
+            thread::yield_now();
+            continue;
+        }
+        // Sleep. The poster bumps the generation before taking this lock to notify,
+        // so checking again under the lock cannot miss a wake-up.
+        let guard = shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.generation.load(Ordering::Acquire) == seen
+            && !shared.shutdown.load(Ordering::Acquire)
+        {
+            drop(shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+}
+
+fn worker_loop(shared: &Shared, index: usize) {
+    let mut seen = 0u64;
+    while let Some(g) = wait_for_job(shared, seen) {
+        seen = g;
+        let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(job) = job {
+            if panic::catch_unwind(AssertUnwindSafe(|| job(index))).is_err() {
+                shared.panicked.store(true, Ordering::Release);
+            }
+        }
+        shared.remaining.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Parallel for ThreadPool {
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+        if self.threads == 1 {
+            job(0);
+            return;
+        }
+        let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the erased reference is only used by workers between the generation
+        // bump below and the moment `remaining` drops to zero, and this function waits
+        // for that (even when the caller's own share panics) before it returns, so the
+        // closure outlives every use. The job slot is cleared before returning.
+        let erased: ErasedJob = unsafe {
+            core::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(job)
+        };
+        let sh = &*self.shared;
+        *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(erased);
+        sh.panicked.store(false, Ordering::Relaxed);
+        sh.remaining.store(self.threads - 1, Ordering::Release);
+        sh.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            let _g = sh.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            sh.wake.notify_all();
+        }
+
+        let mine = panic::catch_unwind(AssertUnwindSafe(|| job(0)));
+
+        let mut spins = 0u32;
+        while sh.remaining.load(Ordering::Acquire) != 0 {
+            if spins < SPIN_LIMIT {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                thread::yield_now();
+            }
+        }
+        *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(payload) = mine {
+            panic::resume_unwind(payload);
+        }
+        if sh.panicked.load(Ordering::Acquire) {
+            panic!("a thread-pool worker panicked while running a job");
+        }
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        {
+            let _g = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Microseconds since the clock was created, from [`Instant`].
+#[derive(Clone, Copy, Debug)]
+pub struct StdClock {
+    start: Instant,
+}
+
+impl StdClock {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Default for StdClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for StdClock {
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn every_index_runs_once_per_call_and_threads_persist() {
+        let pool = ThreadPool::new(4).unwrap();
+        assert_eq!(pool.threads(), 4);
+        for _ in 0..200 {
+            let hits: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(&|i| {
+                hits[i].fetch_add(1, Ordering::SeqCst);
+            });
+            for h in &hits {
+                assert_eq!(h.load(Ordering::SeqCst), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn workers_run_on_other_threads_and_caller_is_index_zero() {
+        let pool = ThreadPool::new(3).unwrap();
+        let ids = Mutex::new(vec![None; 3]);
+        let caller = thread::current().id();
+        pool.run(&|i| {
+            ids.lock().unwrap()[i] = Some(thread::current().id());
+        });
+        let ids = ids.into_inner().unwrap();
+        assert_eq!(ids[0], Some(caller));
+        assert_ne!(ids[1], Some(caller));
+        assert_ne!(ids[1], ids[2]);
+    }
+
+    #[test]
+    fn a_panicking_job_is_reported_and_the_pool_still_works() {
+        let pool = ThreadPool::new(2).unwrap();
+        let r = panic::catch_unwind(AssertUnwindSafe(|| {
+            pool.run(&|i| {
+                if i == 1 {
+                    panic!("boom");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        pool.run(&|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(n.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn clock_is_monotonic() {
+        let c = StdClock::new();
+        let a = c.now_us();
+        thread::sleep(std::time::Duration::from_millis(2));
+        assert!(c.now_us() >= a + 1000);
+    }
+}
