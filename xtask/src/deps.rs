@@ -22,7 +22,9 @@ pub fn apt_install(packages: &[&str]) -> Result<(), String> {
         let mut cmd = Command::new(sudo.first().copied().unwrap_or(args[0]));
         let rest = if sudo.is_empty() { &args[1..] } else { args };
         cmd.args(rest).env("DEBIAN_FRONTEND", "noninteractive");
-        let status = cmd.status().map_err(|e| format!("running {}: {e}", args.join(" ")))?;
+        let status = cmd
+            .status()
+            .map_err(|e| format!("running {}: {e}", args.join(" ")))?;
         if status.success() {
             Ok(())
         } else {
@@ -72,7 +74,9 @@ pub fn rustup_targets(toolchain: Option<&str>, targets: &[&str]) -> Result<(), S
     if let Some(tc) = toolchain {
         cmd.args(["--toolchain", tc]);
     }
-    cmd.args(targets).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(targets)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let status = cmd.status().map_err(|e| format!("running rustup: {e}"))?;
     if status.success() {
         Ok(())
@@ -88,11 +92,16 @@ pub fn rustup_components(toolchain: Option<&str>, components: &[&str]) -> Result
     if let Some(tc) = toolchain {
         cmd.args(["--toolchain", tc]);
     }
-    cmd.args(components).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(components)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let status = cmd.status().map_err(|e| format!("running rustup: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`rustup component add {}` failed", components.join(" ")))
+        Err(format!(
+            "`rustup component add {}` failed",
+            components.join(" ")
+        ))
     }
 }

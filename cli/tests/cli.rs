@@ -1,0 +1,161 @@
+//! End-to-end tests of the `embodios` binary: llama.cpp's greedy text from `run`, and a
+//! one-line error with a non-zero exit for bad files and bad flags.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_embodios");
+
+fn smollm2() -> PathBuf {
+    if let Some(p) = std::env::var_os("EMBODIOS_MODEL_SMOLLM2_135M") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("EMBODIOS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/embodios")
+        });
+    let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "model not found: run `cargo xtask fetch-model` (looked for {})",
+        path.display()
+    );
+    path
+}
+
+fn embodios(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("embodios runs")
+}
+
+fn golden() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/engine/tests/golden/smollm2_greedy.json");
+    let text = std::fs::read_to_string(&path).expect("engine goldens are committed");
+    serde_json::from_str(&text).expect("goldens are JSON")
+}
+
+#[test]
+fn run_prints_what_llama_cpp_prints_for_the_capital_of_france() {
+    let model = smollm2();
+    let golden = golden();
+    let case = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["prompt"] == "The capital of France is")
+        .expect("golden case for the README prompt");
+    let out = embodios(&[
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "The capital of France is",
+        "-n",
+        "32",
+        "--temp",
+        "0",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let json: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    assert_eq!(json["prompt_ids"], case["prompt_ids"]);
+    assert_eq!(json["ids"], case["greedy_ids"]);
+    assert_eq!(json["text"], case["greedy_text"]);
+    // The streamed text (everything before the JSON line) is the same text.
+    let streamed = &stdout[..stdout.len() - last.len() - 1];
+    assert_eq!(
+        streamed.trim_end_matches('\n'),
+        case["greedy_text"].as_str().unwrap()
+    );
+    for key in ["ttft_ms", "prefill_tok_s", "decode_tok_s"] {
+        assert!(json[key].as_f64().unwrap() > 0.0, "{key} = {}", json[key]);
+    }
+}
+
+fn assert_one_line_error(out: &Output, needle: &str) {
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr {stderr:?} lacks {needle:?}"
+    );
+}
+
+#[test]
+fn missing_file_is_a_one_line_error() {
+    let out = embodios(&["inspect", "-m", "/nonexistent/model.gguf"]);
+    assert_one_line_error(&out, "cannot read model file `/nonexistent/model.gguf`");
+}
+
+#[test]
+fn a_file_that_is_not_gguf_is_a_one_line_error() {
+    let dir = std::env::temp_dir().join(format!("embodios-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("not-a-model.gguf");
+    std::fs::write(&path, b"this is plain text, not a model").unwrap();
+    let out = embodios(&["run", "-m", path.to_str().unwrap(), "-p", "hi"]);
+    assert_one_line_error(&out, "is not a valid GGUF file");
+
+    let model = std::fs::read(smollm2()).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &model[..model.len() / 2]).unwrap();
+    let out = embodios(&["tokenize", "-m", truncated.to_str().unwrap(), "hello"]);
+    assert_one_line_error(&out, "is not a valid GGUF file");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_flags_are_one_line_errors() {
+    let model = smollm2();
+    let m = model.to_str().unwrap();
+    assert_one_line_error(
+        &embodios(&["run", "-m", m, "--bogus"]),
+        "unknown option `--bogus`",
+    );
+    assert_one_line_error(
+        &embodios(&["run", "-m", m, "-p", "x", "--temp", "hot"]),
+        "invalid value `hot` for --temp",
+    );
+    assert_one_line_error(
+        &embodios(&["run", "-m", m]),
+        "missing required option --prompt (or --file)",
+    );
+    assert_one_line_error(&embodios(&["frobnicate"]), "unknown command `frobnicate`");
+}
+
+#[test]
+fn tokenize_round_trips_through_decode() {
+    let model = smollm2();
+    let m = model.to_str().unwrap();
+    let out = embodios(&["tokenize", "-m", m, "Hello, world!", "--json"]);
+    assert!(out.status.success());
+    let ids = String::from_utf8(out.stdout).unwrap();
+    let parsed: Vec<u32> = serde_json::from_str(ids.trim()).unwrap();
+    assert!(!parsed.is_empty());
+    let out = embodios(&["tokenize", "-m", m, "--decode", ids.trim()]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "Hello, world!\n");
+}
+
+#[test]
+fn inspect_lists_tensors_and_the_quant_mix() {
+    let model = smollm2();
+    let out = embodios(&["inspect", "-m", model.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("general.architecture = \"llama\""), "{text}");
+    assert!(text.contains("token_embd.weight"));
+    assert!(text.contains("Q8_0") && text.contains("Q4_1"));
+    assert!(text.contains("576 x 49152"));
+}
