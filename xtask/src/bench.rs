@@ -142,7 +142,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
     let opts = parse_options(args)?;
     let python = ensure_llama_cpp_venv()?;
     crate::cargo(&["build", "--release", "--bin", "embodios"])?;
-    let embodios = target_dir().join("release").join("embodios");
+    let embodios = crate::target_dir().join("release").join("embodios");
 
     let bench_dir = models::cache_dir().join("bench");
     std::fs::create_dir_all(&bench_dir).map_err(|e| format!("{}: {e}", bench_dir.display()))?;
@@ -369,12 +369,6 @@ fn resolve_model(model: &str) -> Result<PathBuf, String> {
             "`{model}` is neither a known model name nor a file"
         ))
     }
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// The venv with llama-cpp-python, made outside the repository on first use (building

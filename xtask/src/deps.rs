@@ -67,6 +67,23 @@ pub fn ensure_pip() -> Result<(), String> {
     }
 }
 
+/// Makes sure `python3 -m venv` can make environments with pip in them.
+pub fn ensure_venv() -> Result<(), String> {
+    ensure_pip()?;
+    let works = Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if works {
+        Ok(())
+    } else {
+        apt_install(&["python3-venv"])
+    }
+}
+
 /// `rustup target add` for the given targets on the given toolchain (None: default).
 pub fn rustup_targets(toolchain: Option<&str>, targets: &[&str]) -> Result<(), String> {
     let mut cmd = Command::new("rustup");

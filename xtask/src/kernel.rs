@@ -152,19 +152,235 @@ pub fn build() -> Result<PathBuf, String> {
     Ok(elf)
 }
 
+/// A model file to put in the ISO as a multiboot2 module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFile {
+    /// Name the kernel shell uses (the module's command line).
+    pub name: String,
+    /// The GGUF file on the host.
+    pub path: PathBuf,
+}
+
+impl ModelFile {
+    /// `NAME=FILE`, or `FILE` (named after the file: lower case, up to the first `.`).
+    pub fn parse(arg: &str) -> Result<Self, String> {
+        let (name, path) = match arg.split_once('=') {
+            Some((n, p)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(p)),
+            _ => {
+                let path = PathBuf::from(arg);
+                let stem = path
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .ok_or_else(|| format!("--model {arg}: not a file name"))?;
+                let name = stem.split('.').next().unwrap_or(stem).to_ascii_lowercase();
+                (name, path)
+            }
+        };
+        if name.is_empty()
+            || name == "manifest"
+            || name.len() > 48
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "--model {arg}: model name `{name}` must be 1-48 letters, digits, `-`, `_` or `.` \
+                 (and not `manifest`)"
+            ));
+        }
+        if !path.is_file() {
+            return Err(format!("--model {arg}: {} is not a file", path.display()));
+        }
+        Ok(ModelFile { name, path })
+    }
+}
+
+/// What goes into an ISO besides the kernel.
+#[derive(Debug, Clone)]
+pub struct IsoSpec {
+    /// The fixed entry to boot (when no model entry or custom line is the default).
+    pub entry: Entry,
+    /// GRUB menu timeout in seconds.
+    pub timeout: u32,
+    /// Model modules.
+    pub models: Vec<ModelFile>,
+    /// Model to boot by default (its menu entry); None: the first model, if any, when
+    /// `entry` is `Normal`.
+    pub default_model: Option<String>,
+    /// An extra entry with this kernel command line, booted by default (tests use it
+    /// for `exec=` scripts).
+    pub custom: Option<String>,
+}
+
+impl IsoSpec {
+    /// Just a fixed entry, no models.
+    pub fn plain(entry: Entry, timeout: u32) -> Self {
+        IsoSpec {
+            entry,
+            timeout,
+            models: Vec::new(),
+            default_model: None,
+            custom: None,
+        }
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Fixed menu entries: (title, kernel arguments), in `Entry` order.
+const FIXED_ENTRIES: &[(&str, &str)] = &[
+    ("EMBODIOS", ""),
+    ("EMBODIOS (single core: nosmp)", "nosmp"),
+    (
+        "EMBODIOS self-test (test: run in-kernel tests, exit QEMU)",
+        "test",
+    ),
+    (
+        "EMBODIOS panic test (panic-test: deliberate panic with backtrace)",
+        "panic-test",
+    ),
+    (
+        "EMBODIOS exception test (fault-test: write to kernel code)",
+        "fault-test",
+    ),
+    (
+        "EMBODIOS stack overflow test (overflow-test: guard page, double fault)",
+        "overflow-test",
+    ),
+];
+
 /// Makes a GRUB ISO (BIOS + UEFI) booting `entry` after `timeout` seconds.
 pub fn make_iso(elf: &Path, out: &Path, entry: Entry, timeout: u32) -> Result<(), String> {
-    let stage = target_dir().join(format!("iso-stage-{}", entry as u32));
+    make_iso_with(elf, out, &IsoSpec::plain(entry, timeout))
+}
+
+/// Makes a GRUB ISO with model modules, their manifest and a menu entry per model.
+pub fn make_iso_with(elf: &Path, out: &Path, spec: &IsoSpec) -> Result<(), String> {
+    let tag = out
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("iso")
+        .to_string();
+    let stage = target_dir().join(format!("iso-stage-{tag}"));
     let _ = std::fs::remove_dir_all(&stage);
     let grub = stage.join("boot/grub");
     std::fs::create_dir_all(&grub).map_err(|e| format!("creating {}: {e}", grub.display()))?;
     std::fs::copy(elf, stage.join("boot/embodios-kernel"))
         .map_err(|e| format!("copying the kernel: {e}"))?;
+
+    // Models: hard links where possible (they are large), a manifest line each.
+    let mut names = std::collections::HashSet::new();
+    for m in &spec.models {
+        if !names.insert(m.name.as_str()) {
+            return Err(format!("two models are named `{}`", m.name));
+        }
+    }
+    let default_model = match &spec.default_model {
+        Some(d) if !names.contains(d.as_str()) => {
+            return Err(format!(
+                "--default {d}: no such model (models: {})",
+                spec.models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+        Some(d) => Some(d.clone()),
+        None => spec.models.first().map(|m| m.name.clone()),
+    };
+    let mut modules = String::new();
+    let mut manifest = String::from("# EMBODIOS model manifest: NAME FILE SIZE SHA256 default|-\n");
+    if !spec.models.is_empty() {
+        let dir = stage.join("boot/models");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        for m in &spec.models {
+            let dest = dir.join(format!("{}.gguf", m.name));
+            if std::fs::hard_link(&m.path, &dest).is_err() {
+                std::fs::copy(&m.path, &dest)
+                    .map_err(|e| format!("copying {}: {e}", m.path.display()))?;
+            }
+            let size = std::fs::metadata(&m.path)
+                .map_err(|e| format!("{}: {e}", m.path.display()))?
+                .len();
+            let file = m
+                .path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or("model.gguf")
+                .replace(char::is_whitespace, "_");
+            let flag = if default_model.as_deref() == Some(m.name.as_str()) {
+                "default"
+            } else {
+                "-"
+            };
+            manifest.push_str(&format!(
+                "{} {file} {size} {} {flag}\n",
+                m.name,
+                sha256_file(&m.path)?
+            ));
+            modules.push_str(&format!(
+                "    module2 /boot/models/{}.gguf {}\n",
+                m.name, m.name
+            ));
+        }
+        std::fs::write(stage.join("boot/models.manifest"), &manifest)
+            .map_err(|e| format!("writing the manifest: {e}"))?;
+        modules.push_str("    module2 /boot/models.manifest manifest\n");
+    }
+
+    let mut entries: Vec<(String, String)> = FIXED_ENTRIES
+        .iter()
+        .map(|(t, a)| (t.to_string(), a.to_string()))
+        .collect();
+    let mut default = spec.entry as usize;
+    for m in &spec.models {
+        if spec.entry == Entry::Normal && default_model.as_deref() == Some(m.name.as_str()) {
+            default = entries.len();
+        }
+        entries.push((
+            format!("EMBODIOS with {} (model={})", m.name, m.name),
+            format!("model={}", m.name),
+        ));
+    }
+    if let Some(line) = &spec.custom {
+        default = entries.len();
+        entries.push(("EMBODIOS (custom command line)".to_string(), line.clone()));
+    }
+    let mut menu = String::new();
+    for (title, args) in &entries {
+        let args = if args.is_empty() {
+            String::new()
+        } else {
+            format!(" {args}")
+        };
+        menu.push_str(&format!(
+            "menuentry \"{title}\" {{\n    multiboot2 /boot/embodios-kernel{args}\n{modules}    boot\n}}\n\n"
+        ));
+    }
     let template = std::fs::read_to_string(kernel_dir().join("grub/grub.cfg.in"))
         .map_err(|e| format!("reading grub.cfg.in: {e}"))?;
     let cfg = template
-        .replace("@TIMEOUT@", &timeout.to_string())
-        .replace("@DEFAULT@", &(entry as u32).to_string());
+        .replace("@TIMEOUT@", &spec.timeout.to_string())
+        .replace("@DEFAULT@", &default.to_string())
+        .replace("@ENTRIES@", &menu);
     std::fs::write(grub.join("grub.cfg"), cfg).map_err(|e| format!("writing grub.cfg: {e}"))?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -182,6 +398,7 @@ pub fn make_iso(elf: &Path, out: &Path, entry: Entry, timeout: u32) -> Result<()
             String::from_utf8_lossy(&output.stderr)
         ));
     }
+    let _ = std::fs::remove_dir_all(&stage);
     Ok(())
 }
 
@@ -196,18 +413,27 @@ pub fn cmd_build(_args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask iso [--out PATH] [--entry normal|nosmp|test|panic-test] [--timeout S]`.
+/// `cargo xtask iso [--model [NAME=]FILE]... [--default NAME] [--out PATH]
+/// [--entry normal|nosmp|test|panic-test] [--timeout S] [--cmdline ARGS]`.
 pub fn cmd_iso(args: &[String]) -> Result<(), String> {
     let mut out = default_iso();
-    let mut entry = Entry::Normal;
-    let mut timeout = 3;
+    let mut spec = IsoSpec::plain(Entry::Normal, 3);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--out" => out = PathBuf::from(it.next().ok_or("--out needs a path")?),
-            "--entry" => entry = Entry::parse(it.next().ok_or("--entry needs a name")?)?,
+            "--entry" => spec.entry = Entry::parse(it.next().ok_or("--entry needs a name")?)?,
+            "--model" => spec.models.push(ModelFile::parse(
+                it.next().ok_or("--model needs a GGUF file")?,
+            )?),
+            "--default" => {
+                spec.default_model = Some(it.next().ok_or("--default needs a model name")?.clone())
+            }
+            "--cmdline" => {
+                spec.custom = Some(it.next().ok_or("--cmdline needs kernel arguments")?.clone())
+            }
             "--timeout" => {
-                timeout = it
+                spec.timeout = it
                     .next()
                     .and_then(|s| s.parse().ok())
                     .ok_or("--timeout needs seconds")?
@@ -217,29 +443,43 @@ pub fn cmd_iso(args: &[String]) -> Result<(), String> {
     }
     ensure_tools()?;
     let elf = build()?;
-    make_iso(&elf, &out, entry, timeout)?;
+    make_iso_with(&elf, &out, &spec)?;
     println!("{}", out.display());
     Ok(())
 }
 
-/// `cargo xtask run-kernel [--cores N] [--mem SIZE] [--accel kvm|tcg|auto] [--uefi]
-/// [--entry E]`: boots the ISO with the serial console on this terminal.
+/// `cargo xtask run-kernel [--model [NAME=]FILE]... [--default NAME] [--cores N]
+/// [--mem SIZE] [--accel kvm|tcg|auto] [--uefi] [--entry E]`: boots the ISO with the
+/// serial console on this terminal (with models: the default model loaded, 2 GiB RAM
+/// unless `--mem` says otherwise).
 pub fn cmd_run(args: &[String]) -> Result<(), String> {
     let mut cores = 2;
     let mut mem = "1G".to_string();
     let mut accel = Accel::Auto;
     let mut firmware = Firmware::Bios;
     let mut entry = Entry::Normal;
+    let mut models = Vec::new();
+    let mut default_model = None;
+    let mut mem_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--model" => models.push(ModelFile::parse(
+                it.next().ok_or("--model needs a GGUF file")?,
+            )?),
+            "--default" => {
+                default_model = Some(it.next().ok_or("--default needs a model name")?.clone())
+            }
             "--cores" => {
                 cores = it
                     .next()
                     .and_then(|s| s.parse().ok())
                     .ok_or("--cores needs a number")?
             }
-            "--mem" => mem = it.next().ok_or("--mem needs a size like 1G")?.clone(),
+            "--mem" => {
+                mem = it.next().ok_or("--mem needs a size like 1G")?.clone();
+                mem_given = true;
+            }
             "--accel" => accel = Accel::parse(it.next().ok_or("--accel needs kvm, tcg or auto")?)?,
             "--uefi" => firmware = Firmware::Uefi,
             "--entry" => entry = Entry::parse(it.next().ok_or("--entry needs a name")?)?,
@@ -248,8 +488,19 @@ pub fn cmd_run(args: &[String]) -> Result<(), String> {
     }
     ensure_tools()?;
     let elf = build()?;
+    if !models.is_empty() && !mem_given {
+        // The modules stay in RAM next to the heap (at most half of RAM).
+        mem = "2G".to_string();
+    }
     let iso = target_dir().join("embodios-run.iso");
-    make_iso(&elf, &iso, entry, 1)?;
+    let spec = IsoSpec {
+        entry,
+        timeout: 1,
+        models,
+        default_model,
+        custom: None,
+    };
+    make_iso_with(&elf, &iso, &spec)?;
     let accel = qemu::resolve_accel(accel, &iso);
     let opts = qemu::Options {
         iso,
@@ -672,6 +923,533 @@ fn test_boot(iso: &Path, firmware: Firmware) -> Result<Duration, String> {
     with_log(&format!("boot under {firmware:?}"), &s, r)
 }
 
+/// The host's answer for a greedy completion: `embodios run --temp 0 --json`.
+fn host_greedy(model: &Path, prompt: &str, tokens: usize) -> Result<String, String> {
+    let out = Command::new("cargo")
+        .current_dir(crate::workspace_root())
+        .args([
+            "run",
+            "-q",
+            "--release",
+            "-p",
+            "embodios-cli",
+            "--bin",
+            "embodios",
+            "--",
+        ])
+        .args([
+            "run",
+            "--temp",
+            "0",
+            "--json",
+            "-n",
+            &tokens.to_string(),
+            "-p",
+            prompt,
+            "-m",
+        ])
+        .arg(model)
+        .output()
+        .map_err(|e| format!("running the host CLI: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "host CLI failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or("the host CLI printed no JSON line")?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("host CLI JSON: {e}"))?;
+    v["text"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| "host CLI JSON has no text".to_string())
+}
+
+/// The SmolLM2 file: `$EMBODIOS_MODEL_SMOLLM2_135M`, else the model cache (fetched if
+/// needed).
+fn smollm2_path() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("EMBODIOS_MODEL_SMOLLM2_135M") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let spec = crate::models::find(crate::models::DEFAULT_MODEL)?;
+    crate::models::fetch(spec)
+        .map_err(|e| format!("model not found: run `cargo xtask fetch-model` ({e})"))
+}
+
+/// Test model files: the tiny random llama (written by the engine's example), a
+/// truncated copy of it and a file that is not GGUF.
+struct TestModels {
+    tiny: PathBuf,
+    truncated: PathBuf,
+    junk: PathBuf,
+    smollm2: PathBuf,
+}
+
+fn test_models() -> Result<TestModels, String> {
+    let dir = target_dir().join("test-models");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let smollm2 = smollm2_path()?;
+    let tiny = dir.join("tiny-llama.gguf");
+    let status = Command::new("cargo")
+        .current_dir(crate::workspace_root())
+        .args(["run", "-q", "--release", "-p", "embodios-engine"])
+        .args(["--example", "write_random_llama", "--"])
+        .arg(&tiny)
+        .arg(&smollm2)
+        .status()
+        .map_err(|e| format!("running write_random_llama: {e}"))?;
+    if !status.success() {
+        return Err(format!("write_random_llama failed ({status})"));
+    }
+    let bytes = std::fs::read(&tiny).map_err(|e| format!("reading {}: {e}", tiny.display()))?;
+    // Cut inside the tensor data: the header parses, the last tensors run past the end.
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() * 3 / 4])
+        .map_err(|e| format!("writing {}: {e}", truncated.display()))?;
+    let junk = dir.join("not-gguf.gguf");
+    std::fs::write(&junk, "this is a text file, not a GGUF model\n".repeat(100))
+        .map_err(|e| format!("writing {}: {e}", junk.display()))?;
+    Ok(TestModels {
+        tiny,
+        truncated,
+        junk,
+        smollm2,
+    })
+}
+
+/// Splits a console log into (command, output) pairs at each `embodios> ` prompt.
+fn sections(out: &str) -> Vec<(String, String)> {
+    out.split("embodios> ")
+        .skip(1)
+        .map(|chunk| match chunk.split_once("\r\n") {
+            Some((cmd, body)) => (cmd.trim().to_string(), body.to_string()),
+            None => (chunk.trim().to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// Output of the `nth` (0-based) run of `cmd`.
+fn output_of<'a>(secs: &'a [(String, String)], cmd: &str, nth: usize) -> Result<&'a str, String> {
+    secs.iter()
+        .filter(|(c, _)| c == cmd)
+        .nth(nth)
+        .map(|(_, b)| b.as_str())
+        .ok_or_else(|| format!("no output for `{cmd}` (#{nth})"))
+}
+
+fn expect_in(body: &str, cmd: &str, wants: &[&str]) -> Result<(), String> {
+    for w in wants {
+        if !body.contains(w) {
+            return Err(format!("`{cmd}` output lacks {w:?}:\n{body}"));
+        }
+    }
+    Ok(())
+}
+
+/// The streamed text of a `generate` run (before its `[generate: ...]` line), with
+/// the console's CR LF turned back into LF.
+fn generated_text(body: &str) -> Result<String, String> {
+    let end = body
+        .find("\r\n[generate: ")
+        .ok_or_else(|| format!("generate printed no summary line:\n{body}"))?;
+    Ok(body[..end].replace("\r\n", "\n"))
+}
+
+/// Numbers in a `[turn: N new prompt tokens, M reused ...]` line.
+fn turn_counts(out: &str) -> Result<(u64, u64), String> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("[turn: "))
+        .ok_or("talk printed no [turn: ...] line")?;
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match nums[..] {
+        [new, reused, ..] => Ok((new, reused)),
+        _ => Err(format!("bad turn line {line:?}")),
+    }
+}
+
+const KEYS_LIST: &str =
+    "valid keys: temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, threads";
+
+/// Figures the model test measured, for the summary.
+pub struct ModelRun {
+    /// `bench --json` on the tiny model (2 cores).
+    pub bench_tiny: String,
+    /// SmolLM2's summary line.
+    pub smollm2_line: String,
+}
+
+/// The kernel runs models: an ISO with the tiny random llama, SmolLM2, a truncated and
+/// a non-GGUF module; an `exec=` script checks the registry commands, greedy output
+/// equal to the host CLI's (tiny: 64 tokens on 2 and on 1 core; SmolLM2: 2 tokens),
+/// settings errors, `bench --json`, `verify`, load/switch/unload with memory returned;
+/// then `talk` over serial (KV cache reuse between turns, /reset) and Ctrl-C.
+fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
+    let m = test_models()?;
+    const TINY_PROMPT: &str = "Once upon a time";
+    const FRANCE: &str = "The capital of France is";
+    let host_tiny = host_greedy(&m.tiny, TINY_PROMPT, 64)?;
+    let host_smollm2 = host_greedy(&m.smollm2, FRANCE, 2)?;
+    let script = [
+        "models".to_string(),
+        "model".into(),
+        "set temp 0".into(),
+        "set max_tokens 64".into(),
+        format!("generate {TINY_PROMPT}"),
+        "set threads 1".into(),
+        format!("generate {TINY_PROMPT}"),
+        "set threads 2".into(),
+        "set foo 1".into(),
+        "set temp abc".into(),
+        "set threads 99".into(),
+        "get".into(),
+        "get top_k".into(),
+        "get nope".into(),
+        "load trunc".into(),
+        "load junk".into(),
+        "load nope".into(),
+        "bench --json".into(),
+        "verify tiny".into(),
+        "load smollm2".into(),
+        "switch smollm2".into(),
+        "set max_tokens 2".into(),
+        format!("generate {FRANCE}"),
+        "models".into(),
+        "switch tiny".into(),
+        "unload smollm2".into(),
+        "unload smollm2".into(),
+        "status".into(),
+        "perf".into(),
+        "help talk".into(),
+    ]
+    .join("; ");
+    let spec = IsoSpec {
+        entry: Entry::Normal,
+        timeout: 0,
+        models: vec![
+            ModelFile {
+                name: "tiny".into(),
+                path: m.tiny.clone(),
+            },
+            ModelFile {
+                name: "smollm2".into(),
+                path: m.smollm2.clone(),
+            },
+            ModelFile {
+                name: "trunc".into(),
+                path: m.truncated.clone(),
+            },
+            ModelFile {
+                name: "junk".into(),
+                path: m.junk.clone(),
+            },
+        ],
+        default_model: Some("tiny".into()),
+        custom: Some(format!("model=tiny threads=2 exec=\"{script}\"")),
+    };
+    let iso = target_dir().join("iso/embodios-models.iso");
+    make_iso_with(elf, &iso, &spec)?;
+    let mut opts = tcg(&iso, Firmware::Bios);
+    opts.mem = "2G".into();
+    let mut s = Session::spawn(&opts)?;
+    let r = (|| {
+        s.wait_for("model `tiny` loaded and active", BOOT_TIMEOUT)?;
+        s.wait_for("exec: done", Duration::from_secs(600))?;
+        let out = s.output();
+        for want in [
+            "model module `trunc` refused: not a valid GGUF file",
+            "model module `junk` refused: not a valid GGUF file",
+            "not a GGUF file (magic bytes",
+        ] {
+            if !out.contains(want) {
+                return Err(format!("boot log lacks {want:?}"));
+            }
+        }
+        let secs = sections(&out);
+        let models = output_of(&secs, "models", 0)?;
+        let row = |name: &str| {
+            models
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or("")
+                .to_string()
+        };
+        for (name, wants) in [
+            ("tiny", &["llama", "loaded, active"][..]),
+            ("smollm2", &["llama", "134.5M", "Q4_1", "available"][..]),
+            ("trunc", &["unusable: not a valid GGUF file"][..]),
+            ("junk", &["unusable: not a valid GGUF file"][..]),
+        ] {
+            expect_in(&row(name), &format!("models ({name})"), wants)?;
+        }
+        expect_in(
+            output_of(&secs, "model", 0)?,
+            "model",
+            &["active model: tiny", "architecture:  llama", "KV cache"],
+        )?;
+        let gen = format!("generate {TINY_PROMPT}");
+        for (nth, cores) in [(0, "2 cores"), (1, "1 cores")] {
+            let body = output_of(&secs, &gen, nth)?;
+            let text = generated_text(body)?;
+            if text != host_tiny {
+                return Err(format!(
+                    "tiny model on {cores}: kernel text differs from the host CLI\nkernel: {text:?}\nhost:   {host_tiny:?}"
+                ));
+            }
+            expect_in(
+                body,
+                &gen,
+                &["stopped on max tokens", "64 generated", cores],
+            )?;
+        }
+        expect_in(
+            output_of(&secs, "set foo 1", 0)?,
+            "set foo 1",
+            &["unknown setting `foo`", KEYS_LIST],
+        )?;
+        expect_in(
+            output_of(&secs, "set temp abc", 0)?,
+            "set temp abc",
+            &["bad value `abc` for temp", KEYS_LIST],
+        )?;
+        expect_in(
+            output_of(&secs, "set threads 99", 0)?,
+            "set threads 99",
+            &["bad value `99` for threads"],
+        )?;
+        expect_in(
+            output_of(&secs, "get", 0)?,
+            "get",
+            &[
+                "temp = 0",
+                "top_k = 40",
+                "top_p = 0.95",
+                "min_p = 0.05",
+                "repeat_penalty = 1",
+                "seed = ",
+                "max_tokens = 64",
+                "threads = 2",
+            ],
+        )?;
+        expect_in(
+            output_of(&secs, "get top_k", 0)?,
+            "get top_k",
+            &["top_k = 40"],
+        )?;
+        expect_in(
+            output_of(&secs, "get nope", 0)?,
+            "get nope",
+            &["unknown setting `nope`", KEYS_LIST],
+        )?;
+        expect_in(
+            output_of(&secs, "load trunc", 0)?,
+            "load trunc",
+            &["model `trunc` cannot be used: not a valid GGUF file"],
+        )?;
+        expect_in(
+            output_of(&secs, "load junk", 0)?,
+            "load junk",
+            &["model `junk` cannot be used", "not a GGUF file"],
+        )?;
+        expect_in(
+            output_of(&secs, "load nope", 0)?,
+            "load nope",
+            &["no model named `nope`"],
+        )?;
+        let bench = output_of(&secs, "bench --json", 0)?;
+        let line = bench
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .ok_or_else(|| format!("bench --json printed no JSON:\n{bench}"))?
+            .to_string();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| format!("bench JSON {line:?}: {e}"))?;
+        for key in [
+            "ttft_ms",
+            "prefill_tok_s",
+            "decode_tok_s",
+            "itl_p50_ms",
+            "itl_p99_ms",
+            "itl_stddev_ms",
+        ] {
+            if !v[key].as_f64().is_some_and(|x| x >= 0.0) {
+                return Err(format!("bench JSON lacks a number for {key}: {line}"));
+            }
+        }
+        if v["model"] != "tiny"
+            || v["threads"] != 2
+            || v["prompt_tokens"] != 64
+            || v["gen_tokens"] != 128
+        {
+            return Err(format!(
+                "bench JSON: want tiny, 2 threads, 64 + 128 tokens: {line}"
+            ));
+        }
+        if v["decode_tok_s"].as_f64().unwrap_or(0.0) <= 0.0 {
+            return Err(format!("bench JSON: no decode speed: {line}"));
+        }
+        expect_in(
+            output_of(&secs, "verify tiny", 0)?,
+            "verify tiny",
+            &["verify tiny: OK"],
+        )?;
+        expect_in(
+            output_of(&secs, "load smollm2", 0)?,
+            "load smollm2",
+            &["loaded `smollm2`"],
+        )?;
+        let gen = format!("generate {FRANCE}");
+        let body = output_of(&secs, &gen, 0)?;
+        let text = generated_text(body)?;
+        if text != host_smollm2 {
+            return Err(format!(
+                "SmolLM2: kernel text differs from the host CLI\nkernel: {text:?}\nhost:   {host_smollm2:?}"
+            ));
+        }
+        let smollm2_line = body
+            .lines()
+            .find(|l| l.starts_with("[generate: "))
+            .unwrap_or("")
+            .to_string();
+        let models2 = output_of(&secs, "models", 1)?;
+        if !models2
+            .lines()
+            .any(|l| l.starts_with("smollm2 ") && l.contains("loaded, active"))
+            || !models2
+                .lines()
+                .any(|l| l.starts_with("tiny ") && l.ends_with("loaded"))
+        {
+            return Err(format!(
+                "after `switch smollm2`, want both loaded and smollm2 active:\n{models2}"
+            ));
+        }
+        let unload = output_of(&secs, "unload smollm2", 0)?;
+        let freed_mib: u64 = unload
+            .split("unloaded `smollm2`; ")
+            .nth(1)
+            .and_then(|t| t.split(" MiB").next())
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| {
+                format!("`unload smollm2` did not say how much memory returned:\n{unload}")
+            })?;
+        // The KV cache alone is 2 x 30 layers x 192 x 2048 positions x 2 bytes = 45 MiB.
+        if freed_mib < 45 {
+            return Err(format!("unloading SmolLM2 returned only {freed_mib} MiB"));
+        }
+        expect_in(
+            output_of(&secs, "unload smollm2", 1)?,
+            "unload smollm2",
+            &["is not loaded"],
+        )?;
+        expect_in(
+            output_of(&secs, "status", 0)?,
+            "status",
+            &[
+                "uptime:",
+                "memory:",
+                "cores:   2 online",
+                "loaded: tiny",
+                "active:  tiny",
+                "last:    smollm2",
+            ],
+        )?;
+        expect_in(
+            output_of(&secs, "perf", 0)?,
+            "perf",
+            &[
+                "prompt tokens:",
+                "generated tokens: 2",
+                "time to first:",
+                "prefill:",
+                "decode:",
+                "p50",
+                "p99",
+                "stddev",
+                "cores used:       2",
+                "session: 7 generations",
+            ],
+        )?;
+        expect_in(
+            output_of(&secs, "help talk", 0)?,
+            "help talk",
+            &["/exit", "/reset"],
+        )?;
+
+        // talk over serial: the second turn reuses the first turn's cache.
+        s.send(b"set max_tokens 6\r")?;
+        s.wait_for("max_tokens = 6", STEP_TIMEOUT)?;
+        s.send(b"talk\r")?;
+        s.wait_for("you> ", STEP_TIMEOUT)?;
+        let turn = |s: &mut Session, text: &str| -> Result<(u64, u64), String> {
+            s.send(format!("{text}\r").as_bytes())?;
+            s.wait_for("[turn: ", Duration::from_secs(120))?;
+            s.wait_for("you> ", STEP_TIMEOUT)?;
+            turn_counts(&s.output())
+        };
+        let (new1, reused1) = turn(&mut s, "Hello there")?;
+        let (new2, reused2) = turn(&mut s, "How are you")?;
+        if reused1 != 0 || reused2 < new1 || new2 >= new1 + reused2 {
+            return Err(format!(
+                "turn 2 must reuse turn 1's tokens: turn 1 {new1} new/{reused1} reused, turn 2 {new2} new/{reused2} reused"
+            ));
+        }
+        s.send(b"/perf\r")?;
+        s.wait_for(&format!("prompt tokens:    {new2}\r\n"), STEP_TIMEOUT)?;
+        s.wait_for("you> ", STEP_TIMEOUT)?;
+        s.send(b"/set temp 0.7\r")?;
+        s.wait_for("temp = 0.7", STEP_TIMEOUT)?;
+        s.send(b"/reset\r")?;
+        s.wait_for("(conversation cleared)", STEP_TIMEOUT)?;
+        let (_, reused3) = turn(&mut s, "Hello there")?;
+        if reused3 != 0 {
+            return Err(format!(
+                "after /reset the turn reused {reused3} cached tokens"
+            ));
+        }
+        // Ctrl-C stops a reply and stays in the conversation.
+        s.send(b"/set max_tokens 2000\r")?;
+        s.wait_for("max_tokens = 2000", STEP_TIMEOUT)?;
+        s.send(b"Tell me a long story\r")?;
+        std::thread::sleep(Duration::from_secs(3));
+        s.send(b"\x03")?;
+        s.wait_for("stopped on interrupted (Ctrl-C)", STEP_TIMEOUT)?;
+        s.wait_for("you> ", STEP_TIMEOUT)?;
+        s.send(b"/exit\r")?;
+        s.wait_for("(left talk)", STEP_TIMEOUT)?;
+        s.wait_for("embodios> ", STEP_TIMEOUT)?;
+        // ... and a `generate` at the shell.
+        s.send(b"generate Tell me a story\r")?;
+        std::thread::sleep(Duration::from_secs(3));
+        s.send(b"\x03")?;
+        s.wait_for("[generate: stopped on interrupted (Ctrl-C)", STEP_TIMEOUT)?;
+        s.wait_for("embodios> ", STEP_TIMEOUT)?;
+        s.send(b"shutdown\r")?;
+        let code = s.wait_exit(STEP_TIMEOUT)?;
+        if code != 0 {
+            return Err(format!("`shutdown` left QEMU with status {code}"));
+        }
+        Ok(ModelRun {
+            bench_tiny: line,
+            smollm2_line,
+        })
+    })();
+    with_log("model session", &s, r)
+}
+
 /// `cargo +nightly fmt --check` and clippy (warnings are errors) on the kernel, which
 /// the workspace-wide fmt/clippy runs do not reach (it is its own workspace).
 pub fn lint() -> Result<(), String> {
@@ -703,9 +1481,27 @@ pub fn lint() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask kernel-test`: the whole kernel test suite (TCG).
-pub fn cmd_test(_args: &[String]) -> Result<(), String> {
+/// `cargo xtask kernel-test [models]`: the whole kernel test suite (TCG), or with
+/// `models` only the model session.
+pub fn cmd_test(args: &[String]) -> Result<(), String> {
     ensure_tools()?;
+    match args {
+        [] => {}
+        [only] if only == "models" => {
+            let elf = build()?;
+            let t = std::time::Instant::now();
+            let run = test_model_session(&elf)?;
+            eprintln!("  tiny bench: {}", run.bench_tiny);
+            eprintln!("  SmolLM2: {}", run.smollm2_line);
+            eprintln!("  model session took {} s", t.elapsed().as_secs());
+            return Ok(());
+        }
+        other => {
+            return Err(format!(
+                "kernel-test takes no options or `models`, not {other:?}"
+            ))
+        }
+    }
     deps::rustup_components(Some("nightly"), &["rust-src", "rustfmt", "clippy"])?;
     eprintln!("xtask: kernel test: rustfmt and clippy on the kernel");
     lint()?;
@@ -729,6 +1525,12 @@ pub fn cmd_test(_args: &[String]) -> Result<(), String> {
     eprintln!("xtask: kernel test: shell over serial, PS/2 keyboard and framebuffer (SeaBIOS)");
     let t = test_shell(&isos.normal)?;
     eprintln!("  SeaBIOS: prompt after {} ms", t.as_millis());
+    eprintln!("xtask: kernel test: models in the ISO: registry, generate = host CLI, talk, bench");
+    let t = std::time::Instant::now();
+    let run = test_model_session(&elf)?;
+    eprintln!("  tiny bench: {}", run.bench_tiny);
+    eprintln!("  SmolLM2: {}", run.smollm2_line);
+    eprintln!("  model session took {} s", t.elapsed().as_secs());
     eprintln!("xtask: kernel test: boot to the prompt under OVMF (UEFI)");
     let t = test_boot(&isos.normal, Firmware::Uefi)?;
     eprintln!("  OVMF: prompt after {} ms", t.as_millis());

@@ -143,6 +143,8 @@ fn cmd_test(_args: &[String]) -> Result<(), String> {
             "embodios-tokenizer",
             "-p",
             "embodios-engine",
+            "-p",
+            "embodios-api",
         ])?;
     }
 
@@ -154,8 +156,61 @@ fn cmd_test(_args: &[String]) -> Result<(), String> {
     }
     run(&mut test)?;
 
+    eprintln!("xtask: the official Ollama and OpenAI Python clients against `embodios serve`");
+    python_client_tests(&model_env)?;
+
     eprintln!("xtask: running the kernel tests in QEMU");
     kernel::cmd_test(&[])
+}
+
+/// PyPI client versions the API is tested with.
+const PYTHON_CLIENTS: [&str; 2] = ["ollama==0.6.3", "openai==3.57.0"];
+
+/// Runs `crates/api/tests/python_clients.py` with the real client packages, installed
+/// in a virtual environment outside the repository.
+fn python_client_tests(model_env: &[(String, PathBuf)]) -> Result<(), String> {
+    let venv = models::cache_dir().join("venv-clients");
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        deps::ensure_venv()?;
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    let have_clients = Command::new(&python)
+        .args(["-c", "import ollama, openai"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have_clients {
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PYTHON_CLIENTS))?;
+    }
+    let model = model_env
+        .iter()
+        .find(|(var, _)| var == "EMBODIOS_MODEL_SMOLLM2_135M")
+        .map(|(_, path)| path)
+        .ok_or("the default model was not fetched")?;
+    let binary = target_dir().join("release").join("embodios");
+    run(Command::new(&python)
+        .arg("crates/api/tests/python_clients.py")
+        .arg("--bin")
+        .arg(&binary)
+        .arg("--model")
+        .arg(model))
+}
+
+/// Cargo's target directory for this workspace.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
