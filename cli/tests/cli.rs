@@ -1,27 +1,14 @@
 //! End-to-end tests of the `embodios` binary: llama.cpp's greedy text from `run`, and a
 //! one-line error with a non-zero exit for bad files and bad flags.
 
+use embodios_testkit::TestModel;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_embodios");
 
 fn smollm2() -> PathBuf {
-    if let Some(p) = std::env::var_os("EMBODIOS_MODEL_SMOLLM2_135M") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("EMBODIOS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/embodios")
-        });
-    let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "model not found: run `cargo xtask fetch-model` (looked for {})",
-        path.display()
-    );
-    path
+    TestModel::SmolLm2.path()
 }
 
 fn embodios(args: &[&str]) -> Output {

@@ -3,6 +3,7 @@
 //! errors in each API's format, garbage, pipelining, a client leaving mid-stream, the
 //! bounded queue and the bearer token.
 
+use embodios_testkit::TestModel;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -17,21 +18,7 @@ const STARTUP: Duration = Duration::from_secs(120);
 const IO_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn smollm2() -> PathBuf {
-    if let Some(p) = std::env::var_os("EMBODIOS_MODEL_SMOLLM2_135M") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("EMBODIOS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/embodios")
-        });
-    let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "model not found: run `cargo xtask fetch-model` (looked for {})",
-        path.display()
-    );
-    path
+    TestModel::SmolLm2.path()
 }
 
 /// The model's name in the API: the file stem.

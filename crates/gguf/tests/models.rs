@@ -5,27 +5,8 @@
 use std::path::PathBuf;
 
 use embodios_gguf::{GgmlType, GgufFile, Value};
+use embodios_testkit::TestModel;
 use serde_json::Value as Json;
-
-/// The model file: `$<env>`, else `$EMBODIOS_CACHE/models/<file>`, else
-/// `~/.cache/embodios/models/<file>`. Panics when none exists.
-fn model_path(env: &str, file: &str, fetch_name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return p;
-        }
-    }
-    let cache = std::env::var_os("EMBODIOS_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/embodios")));
-    if let Some(p) = cache.map(|c| c.join("models").join(file)) {
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("model not found: run `cargo xtask fetch-model{fetch_name}`");
-}
 
 fn golden(name: &str) -> Json {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -133,11 +114,7 @@ fn check_against_golden(file: &GgufFile, bytes: &[u8], g: &Json) {
 
 #[test]
 fn smollm2_matches_the_reference_reader() {
-    let path = model_path(
-        "EMBODIOS_MODEL_SMOLLM2_135M",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "",
-    );
+    let path = TestModel::SmolLm2.path();
     let bytes = std::fs::read(&path).unwrap();
     let file = GgufFile::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     check_against_golden(&file, &bytes, &golden("smollm2-135m"));
@@ -181,11 +158,7 @@ fn smollm2_matches_the_reference_reader() {
 
 #[test]
 fn gemma3_matches_the_reference_reader() {
-    let path = model_path(
-        "EMBODIOS_MODEL_GEMMA3_270M",
-        "gemma-3-270m-q4_k_m.gguf",
-        " gemma3-270m",
-    );
+    let path = TestModel::Gemma3.path();
     let bytes = std::fs::read(&path).unwrap();
     let file = GgufFile::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     check_against_golden(&file, &bytes, &golden("gemma3-270m"));

@@ -10,7 +10,7 @@ use std::time::Instant;
 use embodios_quant::{
     active_kernel_set, dequantize_row, quantize_activations, quantize_row, row_bytes,
     scalar_activation_quantizer, scalar_kernels, simd_activation_quantizer, simd_kernels,
-    vec_dot_type, GgmlType, QuantizeFn, VecDotFn,
+    vec_dot_type, GgmlType, QuantizeFn, VecDotFn, WEIGHT_TYPES,
 };
 
 /// Weight elements per second (millions) of `dot` over all rows of `w`, and a checksum.
@@ -63,21 +63,7 @@ fn main() {
         .collect();
     println!("active kernel set: {}", active_kernel_set());
     println!("type   scalar Melem/s   simd Melem/s  speedup   dequant Melem/s");
-    for ty in [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-    ] {
+    for ty in WEIGHT_TYPES {
         let rb = row_bytes(ty, n).unwrap();
         let mut w = vec![0u8; rb * rows];
         for (r, chunk) in w.chunks_exact_mut(rb).enumerate() {

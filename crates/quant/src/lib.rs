@@ -243,6 +243,24 @@ pub fn is_supported(ty: GgmlType) -> bool {
     kernels(ty).is_ok()
 }
 
+/// Every weight type this crate dequantizes, quantizes and multiplies (the types for
+/// which [`is_supported`] is true).
+pub const WEIGHT_TYPES: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
 /// The activation format llama.cpp's CPU backend pairs with weight type `ty`
 /// (`vec_dot_type` in ggml-cpu's type traits): F32/F16/BF16 pair with themselves,
 /// Q4_0/Q5_0/Q8_0 with Q8_0, Q4_1/Q5_1 with Q8_1, the K-quants with Q8_K.

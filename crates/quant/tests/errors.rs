@@ -4,29 +4,13 @@ mod common;
 
 use embodios_quant::{
     dequantize_row, is_supported, kernels, quantize_activations, quantize_row, row_bytes, vec_dot,
-    vec_dot_type, GgmlType, QuantError,
+    vec_dot_type, GgmlType, QuantError, WEIGHT_TYPES,
 };
-
-const SUPPORTED: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
 
 #[test]
 fn unsupported_types_are_refused_with_a_named_error() {
     for ty in GgmlType::ALL {
-        assert_eq!(is_supported(ty), SUPPORTED.contains(&ty), "{ty}");
+        assert_eq!(is_supported(ty), WEIGHT_TYPES.contains(&ty), "{ty}");
         if is_supported(ty) {
             continue;
         }
@@ -97,7 +81,7 @@ fn vec_dot_types_match_llama_cpp_pairing() {
 
 #[test]
 fn wrong_lengths_are_reported() {
-    for ty in SUPPORTED {
+    for ty in WEIGHT_TYPES {
         let be = ty.block_elems();
         let bb = ty.block_bytes();
         let n = 2 * be.max(32) / be * be; // at least two blocks, a multiple of 32
@@ -156,7 +140,7 @@ fn wrong_lengths_are_reported() {
 #[test]
 fn garbage_bytes_and_non_finite_inputs_do_not_panic() {
     let mut rng = common::Rng::new(11);
-    for ty in SUPPORTED {
+    for ty in WEIGHT_TYPES {
         let n = 512;
         let bytes: Vec<u8> = (0..row_bytes(ty, n).unwrap())
             .map(|_| rng.next_u64() as u8)

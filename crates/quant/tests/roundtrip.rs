@@ -17,24 +17,8 @@ mod common;
 use common::Rng;
 use embodios_quant::{
     dequantize_row, dot_f32, quantize_activations, quantize_row, row_bytes, vec_dot, vec_dot_type,
-    GgmlType,
+    GgmlType, WEIGHT_TYPES,
 };
-
-const WEIGHT_TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
 
 fn generate(offset: f32, n: usize, amplitude: f32) -> Vec<f32> {
     (0..n)

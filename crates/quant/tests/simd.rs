@@ -14,24 +14,8 @@ use embodios_gguf::GgufFile;
 use embodios_quant::{
     active_kernel_set, dequantize_row, force_scalar, kernels, quantize_activations, quantize_row,
     row_bytes, scalar_activation_quantizer, scalar_kernels, simd_activation_quantizer,
-    simd_kernels, vec_dot_type, GgmlType, Kernels,
+    simd_kernels, vec_dot_type, GgmlType, Kernels, WEIGHT_TYPES,
 };
-
-const WEIGHT_TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
 
 /// Whether this machine should have the AVX2 set, by std's own detection.
 fn cpu_has_avx2() -> bool {

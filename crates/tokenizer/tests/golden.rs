@@ -7,44 +7,17 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use embodios_gguf::GgufFile;
+use embodios_testkit::TestModel;
 use embodios_tokenizer::{StreamDecoder, Tokenizer};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
-/// The model file: `$<env>`, else `$EMBODIOS_CACHE/models/<file>`, else
-/// `~/.cache/embodios/models/<file>`. Panics when none exists.
-fn model_path(env: &str, file: &str, fetch_name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return p;
-        }
-    }
-    let cache = std::env::var_os("EMBODIOS_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/embodios")));
-    if let Some(p) = cache.map(|c| c.join("models").join(file)) {
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("model not found: run `cargo xtask fetch-model{fetch_name}`");
-}
-
 fn smollm2_path() -> PathBuf {
-    model_path(
-        "EMBODIOS_MODEL_SMOLLM2_135M",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "",
-    )
+    TestModel::SmolLm2.path()
 }
 
 fn gemma3_path() -> PathBuf {
-    model_path(
-        "EMBODIOS_MODEL_GEMMA3_270M",
-        "gemma-3-270m-q4_k_m.gguf",
-        " gemma3-270m",
-    )
+    TestModel::Gemma3.path()
 }
 
 fn load(path: PathBuf) -> Tokenizer {

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use embodios_testkit::TestModel;
+
 use embodios_quant::GgmlType;
 
 /// One `case` record of a golden file: its `key=value` pairs and following fields.
@@ -106,75 +108,17 @@ pub fn golden(name: &str) -> Vec<Case> {
     cases
 }
 
-/// Path of a reference model: the env variable, else `$EMBODIOS_CACHE/models/<file>`,
-/// else `~/.cache/embodios/models/<file>`. Panics when none exists.
+/// Path of a reference model by the key the goldens use (`smollm2`, `gemma3`).
 pub fn model_path(key: &str) -> PathBuf {
-    let (env, file, fetch) = match key {
-        "smollm2" => (
-            "EMBODIOS_MODEL_SMOLLM2_135M",
-            "SmolLM2-135M-Instruct.Q4_1.gguf",
-            "",
-        ),
-        "gemma3" => (
-            "EMBODIOS_MODEL_GEMMA3_270M",
-            "gemma-3-270m-q4_k_m.gguf",
-            " gemma3-270m",
-        ),
+    match key {
+        "smollm2" => TestModel::SmolLm2.path(),
+        "gemma3" => TestModel::Gemma3.path(),
         other => panic!("unknown model key {other}"),
-    };
-    let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os(env) {
-        candidates.push(PathBuf::from(p));
-    }
-    if let Some(c) = std::env::var_os("EMBODIOS_CACHE") {
-        candidates.push(PathBuf::from(c).join("models").join(file));
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(h).join(".cache/embodios/models").join(file));
-    }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("model not found: run `cargo xtask fetch-model{fetch}`"))
-}
-
-/// xorshift64* — deterministic test data without a `rand` dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in [lo, hi).
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.unit()
-    }
-
-    /// Approximately normal (sum of four uniforms, scaled to unit variance).
-    pub fn normal(&mut self) -> f32 {
-        let s: f32 = (0..4).map(|_| self.unit()).sum::<f32>() - 2.0;
-        s * 3.0f32.sqrt()
-    }
-
-    pub fn vec_normal(&mut self, n: usize, sigma: f32) -> Vec<f32> {
-        (0..n).map(|_| self.normal() * sigma).collect()
     }
 }
+
+#[allow(unused_imports)] // not every test binary draws random data
+pub use embodios_testkit::Rng;
 
 /// Bitwise comparison of two f32 slices with a useful failure message. NaNs compare by
 /// bits too.
