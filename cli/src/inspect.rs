@@ -122,3 +122,28 @@ fn show_string(bytes: &[u8]) -> String {
         format!("{head:?}… ({chars} chars)")
     }
 }
+
+/// The CPU features the engine's kernels care about and the kernel set in use.
+pub fn cpu_report() -> String {
+    let mut out = String::new();
+    let threads = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(out, "cpu: {threads} hardware threads");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let features = [
+            ("sse2", std::is_x86_feature_detected!("sse2")),
+            ("avx", std::is_x86_feature_detected!("avx")),
+            ("avx2", std::is_x86_feature_detected!("avx2")),
+            ("fma", std::is_x86_feature_detected!("fma")),
+            ("f16c", std::is_x86_feature_detected!("f16c")),
+            ("avx512f", std::is_x86_feature_detected!("avx512f")),
+        ];
+        let list: Vec<String> = features
+            .iter()
+            .map(|(name, on)| format!("{name}{}", if *on { "+" } else { "-" }))
+            .collect();
+        let _ = writeln!(out, "features: {}", list.join(" "));
+    }
+    let _ = writeln!(out, "kernel set: {}", embodios_quant::active_kernel_set());
+    out
+}

@@ -22,8 +22,9 @@ commands:
             multi-turn chat with the model's chat template; /exit, /reset inside
   tokenize  -m FILE TEXT [--json] [--no-bos] [--no-special]
             token ids of TEXT; with --decode, TEXT is a list of ids to turn into text
-  inspect   -m FILE
-            metadata and tensor table of a GGUF file
+  inspect   -m FILE [--cpu]
+            metadata and tensor table of a GGUF file; --cpu (with or without -m):
+            the CPU's SIMD features and which kernel set the engine uses
   serve     -m FILE [-m FILE...] [--port N] [--host ADDR] [--api-key KEY] [--threads N]
             [--ctx N] [--queue N]
             Ollama- and OpenAI-compatible HTTP API (default 127.0.0.1:11434)
@@ -60,10 +61,16 @@ fn main() -> ExitCode {
 fn inspect_main(raw: &[String]) -> Result<(), String> {
     const SPEC: args::Spec = args::Spec {
         valued: &[&[("--model", Some("-m"))]],
-        switches: &[],
+        switches: &["--cpu"],
         max_positional: 0,
     };
     let a = args::Args::parse(&SPEC, raw).map_err(|e| e.to_string())?;
+    if a.flag("--cpu") {
+        print!("{}", inspect::cpu_report());
+        if a.value("--model").is_none() {
+            return Ok(());
+        }
+    }
     let path = a.required("--model").map_err(|e| e.to_string())?;
     let bytes = loaded::read_file(path)?;
     let file = loaded::parse(path, &bytes)?;

@@ -146,3 +146,20 @@ fn inspect_lists_tensors_and_the_quant_mix() {
     assert!(text.contains("Q8_0") && text.contains("Q4_1"));
     assert!(text.contains("576 x 49152"));
 }
+
+#[test]
+fn inspect_cpu_names_the_active_kernel_set() {
+    let out = embodios(&["inspect", "--cpu"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let set = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel set: "))
+        .expect("a kernel set line");
+    let expected = if cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2") {
+        "avx2+fma"
+    } else {
+        "scalar"
+    };
+    assert_eq!(set, expected, "{text}");
+}
