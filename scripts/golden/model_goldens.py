@@ -5,6 +5,11 @@ Run with the llama-cpp-python venv:
     /root/.cache/embodios/venv-llama/bin/python scripts/golden/model_goldens.py smollm2
     /root/.cache/embodios/venv-llama/bin/python scripts/golden/model_goldens.py smollm2-chat
     /root/.cache/embodios/venv-llama/bin/python scripts/golden/model_goldens.py random RANDOM.gguf
+    /root/.cache/embodios/venv-llama/bin/python scripts/golden/model_goldens.py gemma3
+    /root/.cache/embodios/venv-llama/bin/python scripts/golden/model_goldens.py gemma3-chat
+    /root/.cache/embodios/venv-llama/bin/python scripts/golden/model_goldens.py random-gemma3 G.gguf
+    (also random-qwen2, random-phi2, random-mistral; written by the write_random_llama example
+    with --arch gemma3|qwen2|phi2|mistral)
 (the random model is written by `cargo run -p embodios-engine --example write_random_llama -- RANDOM.gguf`)
 
 Writes crates/engine/tests/golden/<name>_greedy.json. For every prompt: the prompt ids as
@@ -54,7 +59,7 @@ def last_logits(llm):
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32).copy()
 
 
-def record(model_path, name, prompts, full_logits_prompts, extra=None, n_ctx=256):
+def record(model_path, name, prompts, full_logits_prompts, extra=None, n_ctx=256, sample_stride=0):
     llm = llama_cpp.Llama(
         model_path=model_path,
         n_ctx=n_ctx,
@@ -80,6 +85,10 @@ def record(model_path, name, prompts, full_logits_prompts, extra=None, n_ctx=256
             "last_logits_min": float(logits.min()),
             "last_logits_mean": float(logits.mean()),
         }
+        if sample_stride:
+            # Large vocabularies: every `sample_stride`-th logit instead of the whole vector.
+            case["last_logits_stride"] = sample_stride
+            case["last_logits_sampled"] = [float(v) for v in logits[::sample_stride]]
         if i < full_logits_prompts:
             case["last_logits_f32_b64"] = base64.b64encode(logits.astype("<f4").tobytes()).decode()
         gen, margins = [], []
@@ -112,7 +121,7 @@ def record(model_path, name, prompts, full_logits_prompts, extra=None, n_ctx=256
     print(f"wrote {path} ({os.path.getsize(path)} bytes)", file=sys.stderr)
 
 
-def record_chat(model_path):
+def record_chat(model_path, turns=None, name="smollm2_chat", bos_first=False, stop=(2,)):
     """A two-turn ChatML conversation evaluated in separate calls, as a chat front end
     does: turn-1 prompt (one batch), greedy reply token by token (every sampled token
     evaluated, the end-of-turn one included), then the turn-2 text (one batch at a
@@ -120,14 +129,14 @@ def record_chat(model_path):
     llm = llama_cpp.Llama(model_path=model_path, n_ctx=256, n_threads=2, n_threads_batch=2,
                           seed=0, verbose=False, logits_all=False)
     eog = llm.token_eos()
-    turns = [
+    turns = turns or [
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
         "\n<|im_start|>user\nAnd what is it famous for?<|im_end|>\n<|im_start|>assistant\n",
     ]
     out = []
-    for text in turns:
-        ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+    for i, text in enumerate(turns):
+        ids = llm.tokenize(text.encode(), add_bos=bos_first and i == 0, special=True)
         llm.eval(ids)
         gen, margins = [], []
         for _ in range(24):
@@ -137,15 +146,15 @@ def record_chat(model_path):
             gen.append(tok)
             margins.append(float(logits[top2[0]] - logits[top2[1]]))
             llm.eval([tok])
-            if tok == eog or tok == 2:
+            if tok == eog or tok in stop:
                 break
         out.append({"text": text, "ids": [int(t) for t in ids], "greedy_ids": gen,
                     "greedy_margins": margins,
                     "greedy_text": llm.detokenize(gen).decode("utf-8", errors="replace")})
         print(f"chat turn: {out[-1]['greedy_text']!r}", file=sys.stderr)
-    path = os.path.join(OUT_DIR, "smollm2_chat.json")
+    path = os.path.join(OUT_DIR, f"{name}.json")
     with open(path, "w") as f:
-        json.dump({"generator": "scripts/golden/model_goldens.py smollm2-chat",
+        json.dump({"generator": f"scripts/golden/model_goldens.py {name.replace('_', '-')}",
                    "llama_cpp_python": llama_cpp.__version__, "n_ctx": 256, "turns": out}, f, indent=1)
     print(f"wrote {path}", file=sys.stderr)
 
@@ -160,6 +169,29 @@ def main():
         path = os.environ.get("EMBODIOS_MODEL_SMOLLM2_135M") or os.path.join(
             CACHE, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
         record_chat(path)
+    elif what == "gemma3-chat":
+        path = os.environ.get("EMBODIOS_MODEL_GEMMA3_270M") or os.path.join(
+            CACHE, "models", "gemma-3-270m-q4_k_m.gguf")
+        # Gemma's turn format (the file has no chat template); 106 is <end_of_turn>.
+        record_chat(path, [
+            "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n"
+            "<start_of_turn>model\n",
+            "\n<start_of_turn>user\nAnd what is it famous for?<end_of_turn>\n"
+            "<start_of_turn>model\n",
+        ], name="gemma3_chat", bos_first=True, stop=(1, 106))
+    elif what == "gemma3":
+        path = os.environ.get("EMBODIOS_MODEL_GEMMA3_270M") or os.path.join(
+            CACHE, "models", "gemma-3-270m-q4_k_m.gguf")
+        # 262144 logits are 1 MiB each: keep the top 64 and every 1024th one.
+        record(path, "gemma3_270m", PROMPTS + ["Water boils at a temperature of"], 0,
+               sample_stride=1024)
+    elif what in ("random-gemma3", "random-qwen2", "random-phi2", "random-mistral"):
+        size = os.path.getsize(sys.argv[2])
+        long_prompt = "The quick brown fox jumps over the lazy dog. " * 30
+        # Small goldens: the top 64 and a strided sample of the last logits, no full vectors.
+        stride = 256 if what == "random-gemma3" else 64
+        record(sys.argv[2], what.replace("-", "_"), PROMPTS[:3] + [long_prompt], 0,
+               {"model_bytes": size}, n_ctx=512, sample_stride=stride)
     elif what == "random":
         size = os.path.getsize(sys.argv[2])
         # The long prompt (about 300 tokens) takes the attention past one 256-cell
@@ -168,7 +200,7 @@ def main():
         record(sys.argv[2], "random_llama", PROMPTS[:3] + [long_prompt], 2,
                {"model_bytes": size}, n_ctx=512)
     else:
-        sys.exit(f"unknown target {what!r}: use smollm2 | smollm2-chat | random PATH")
+        sys.exit(f"unknown target {what!r}: use smollm2 | smollm2-chat | gemma3 | gemma3-chat | random PATH | random-gemma3 PATH | random-qwen2 PATH | random-phi2 PATH | random-mistral PATH")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
-//! Writes the deterministic random-weight llama used by the fidelity tests, so the
+//! Writes the deterministic random-weight models used by the fidelity tests, so the
 //! golden script can run llama.cpp on exactly the bytes the tests build in memory.
 //!
 //! `cargo run -p embodios-engine --example write_random_llama -- OUT.gguf [TOKENIZER.gguf]`
-//! (the tokenizer metadata comes from SmolLM2 by default: `$EMBODIOS_MODEL_SMOLLM2_135M`,
-//! `$EMBODIOS_CACHE/models/...` or `~/.cache/embodios/models/...`).
+//! writes the random llama; `... -- --arch gemma3|qwen2|phi2 OUT.gguf [TOKENIZER.gguf]`
+//! writes the random model of another family (`mistral`: a llama declaring a window). The tokenizer metadata comes from SmolLM2
+//! by default (Gemma 3 270M for `gemma3`), found through `$EMBODIOS_MODEL_SMOLLM2_135M` /
+//! `$EMBODIOS_MODEL_GEMMA3_270M`, `$EMBODIOS_CACHE/models/...` or `~/.cache/embodios/models/...`.
 
 use std::path::PathBuf;
 
-use embodios_engine::testmodel::{describe, write_random_llama, RandomLlamaSpec};
+use embodios_engine::testmodel::{
+    describe, describe_model, write_random_llama, write_random_model, RandomLlamaSpec,
+    RandomModelSpec,
+};
+use embodios_engine::Family;
 use embodios_gguf::GgufFile;
 
-fn smollm2() -> Option<PathBuf> {
-    let file = "SmolLM2-135M-Instruct.Q4_1.gguf";
+fn find(env: &str, file: &str) -> Option<PathBuf> {
     let mut c = Vec::new();
-    if let Ok(p) = std::env::var("EMBODIOS_MODEL_SMOLLM2_135M") {
+    if let Ok(p) = std::env::var(env) {
         c.push(PathBuf::from(p));
     }
     if let Ok(p) = std::env::var("EMBODIOS_CACHE") {
@@ -26,19 +31,51 @@ fn smollm2() -> Option<PathBuf> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut mistral = false;
+    let family = if args.first().map(String::as_str) == Some("--arch") {
+        let name = args.get(1).ok_or("--arch needs a name")?.clone();
+        args.drain(..2);
+        // `mistral`: the llama architecture with a declared sliding window.
+        mistral = name == "mistral";
+        let arch = if mistral { "llama" } else { name.as_str() };
+        Some(Family::from_arch(arch).ok_or(format!("unknown architecture {name}"))?)
+    } else {
+        None
+    };
     let out = args
-        .next()
-        .ok_or("usage: write_random_llama OUT.gguf [TOKENIZER.gguf]")?;
-    let src = match args.next() {
+        .first()
+        .ok_or("usage: write_random_llama [--arch NAME] OUT.gguf [TOKENIZER.gguf]")?
+        .clone();
+    let src = match args.get(1) {
         Some(p) => PathBuf::from(p),
-        None => smollm2().ok_or("model not found: run `cargo xtask fetch-model`")?,
+        None if family == Some(Family::Gemma3) => {
+            find("EMBODIOS_MODEL_GEMMA3_270M", "gemma-3-270m-q4_k_m.gguf")
+                .ok_or("model not found: run `cargo xtask fetch-model gemma3-270m`")?
+        }
+        None => find(
+            "EMBODIOS_MODEL_SMOLLM2_135M",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        )
+        .ok_or("model not found: run `cargo xtask fetch-model`")?,
     };
     let bytes = std::fs::read(&src)?;
     let file = GgufFile::parse(&bytes)?;
-    let spec = RandomLlamaSpec::default();
-    let gguf = write_random_llama(&spec, &file)?;
+    let (gguf, what) = match family {
+        None => {
+            let spec = RandomLlamaSpec::default();
+            (write_random_llama(&spec, &file)?, describe(&spec))
+        }
+        Some(f) => {
+            let spec = if mistral {
+                RandomModelSpec::mistral_like()
+            } else {
+                RandomModelSpec::for_family(f)
+            };
+            (write_random_model(&spec, &file)?, describe_model(&spec))
+        }
+    };
     std::fs::write(&out, &gguf)?;
-    eprintln!("{} -> {out} ({} bytes)", describe(&spec), gguf.len());
+    eprintln!("{what} -> {out} ({} bytes)", gguf.len());
     Ok(())
 }

@@ -216,12 +216,18 @@ impl ChatTemplate {
         Ok(t)
     }
 
-    /// The template of a GGUF file (`tokenizer.chat_template`).
+    /// The template of a GGUF file (`tokenizer.chat_template`). Gemma files converted
+    /// without one (the Gemma 3 270M GGUF has none) get the Gemma turn format, the only
+    /// one their vocabulary's `<start_of_turn>` tokens fit; other files without one are
+    /// [`ChatTemplateError::Missing`].
     pub fn from_gguf(file: &embodios_gguf::GgufFile<'_>) -> Result<Self, ChatTemplateError> {
-        let tmpl = file
-            .get_str("tokenizer.chat_template")
-            .ok_or(ChatTemplateError::Missing)?;
-        Self::detect(tmpl)
+        match file.get_str("tokenizer.chat_template") {
+            Some(tmpl) => Self::detect(tmpl),
+            None if file.architecture().is_some_and(|a| a.starts_with("gemma")) => {
+                Ok(ChatTemplate::Gemma)
+            }
+            None => Err(ChatTemplateError::Missing),
+        }
     }
 
     /// Renders `messages` to a prompt; with `add_generation_prompt` the text ends with

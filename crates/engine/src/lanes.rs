@@ -203,6 +203,105 @@ pub fn dot_f16_batch(w: &[u8], a: &[u8]) -> f32 {
     dot_batch(w.len() / 2, |i| (f16_at(w, i), f16_at(a, i)))
 }
 
+/// The tiled K-quant kernel's last steps for one 256-element block: the block's integer
+/// sums as f32, the weight scale(s) applied (`s1 * d - dmin * s2`, the second fused),
+/// then the activation scale, accumulated across blocks in order.
+#[inline(always)]
+fn tiled_block(acc: f32, s1: i32, d: f32, min_term: Option<(f32, i32)>, d8: f32) -> f32 {
+    let mut r = s1 as f32 * d;
+    if let Some((dmin, s2)) = min_term {
+        r = fma(-dmin, s2 as f32, r);
+    }
+    fma(r, d8, acc)
+}
+
+/// Q4_K/Q5_K (6-bit scales and mins per 32 elements) against Q8_K the way ggml's tiled
+/// kernel computes a batch of 8 or more tokens: per block the exact integers
+/// `sum_s scale_s * dot_s` and `sum_s min_s * bsum_s`, then [`tiled_block`].
+fn dot_k4_tiled(
+    w: &[u8],
+    a: &[u8],
+    block_bytes: usize,
+    levels: impl Fn(&[u8]) -> ([u8; 256], f32, f32, [u8; 12]),
+) -> f32 {
+    use embodios_quant::kquants::{unpack_k4_scales, BlockQ8K, Q8_K_BYTES};
+    let mut acc = 0.0f32;
+    for (x, y) in w.chunks_exact(block_bytes).zip(a.chunks_exact(Q8_K_BYTES)) {
+        let Ok(yb) = <&[u8; Q8_K_BYTES]>::try_from(y) else {
+            return f32::NAN;
+        };
+        let y = BlockQ8K::parse(yb);
+        let (q, d, dmin, scales) = levels(x);
+        let (sc, mn) = unpack_k4_scales(&scales);
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for s in 0..8 {
+            let r = 32 * s..32 * s + 32;
+            let dot: i32 = q[r.clone()]
+                .iter()
+                .zip(&y.qs[r])
+                .map(|(&w, &a)| i32::from(w) * i32::from(a as i8))
+                .sum();
+            s1 += i32::from(sc[s]) * dot;
+            s2 += i32::from(mn[s]) * (i32::from(y.bsums[2 * s]) + i32::from(y.bsums[2 * s + 1]));
+        }
+        acc = tiled_block(acc, s1, d, Some((dmin, s2)), y.d);
+    }
+    acc
+}
+
+/// Q4_K weights against Q8_K in ggml's tiled batch kernel order (see [`dot_k4_tiled`]).
+pub fn dot_q4_k_tiled(w: &[u8], a: &[u8]) -> f32 {
+    use embodios_quant::kquants::{BlockQ4K, Q4_K_BYTES};
+    dot_k4_tiled(w, a, Q4_K_BYTES, |x| {
+        let Ok(b) = <&[u8; Q4_K_BYTES]>::try_from(x) else {
+            return ([0; 256], 0.0, 0.0, [0; 12]);
+        };
+        let b = BlockQ4K::parse(b);
+        (b.levels(), b.d.to_f32(), b.dmin.to_f32(), *b.scales)
+    })
+}
+
+/// Q5_K weights against Q8_K in ggml's tiled batch kernel order (see [`dot_k4_tiled`]).
+pub fn dot_q5_k_tiled(w: &[u8], a: &[u8]) -> f32 {
+    use embodios_quant::kquants::{BlockQ5K, Q5_K_BYTES};
+    dot_k4_tiled(w, a, Q5_K_BYTES, |x| {
+        let Ok(b) = <&[u8; Q5_K_BYTES]>::try_from(x) else {
+            return ([0; 256], 0.0, 0.0, [0; 12]);
+        };
+        let b = BlockQ5K::parse(b);
+        (b.levels(), b.d.to_f32(), b.dmin.to_f32(), *b.scales)
+    })
+}
+
+/// Q6_K weights (signed 8-bit scales per 16 elements) against Q8_K in ggml's tiled batch
+/// kernel order: per block the exact `sum_s scale_s * dot_s`, then [`tiled_block`].
+pub fn dot_q6_k_tiled(w: &[u8], a: &[u8]) -> f32 {
+    use embodios_quant::kquants::{BlockQ6K, BlockQ8K, Q6_K_BYTES, Q8_K_BYTES};
+    let mut acc = 0.0f32;
+    for (x, y) in w.chunks_exact(Q6_K_BYTES).zip(a.chunks_exact(Q8_K_BYTES)) {
+        let (Ok(xb), Ok(yb)) = (
+            <&[u8; Q6_K_BYTES]>::try_from(x),
+            <&[u8; Q8_K_BYTES]>::try_from(y),
+        ) else {
+            return f32::NAN;
+        };
+        let (b, y) = (BlockQ6K::parse(xb), BlockQ8K::parse(yb));
+        let q = b.levels();
+        let mut s1 = 0i32;
+        for (s, &sc) in b.scales.iter().enumerate() {
+            let r = 16 * s..16 * s + 16;
+            let dot: i32 = q[r.clone()]
+                .iter()
+                .zip(&y.qs[r])
+                .map(|(&w, &a)| i32::from(w) * i32::from(a as i8))
+                .sum();
+            s1 += i32::from(sc as i8) * dot;
+        }
+        acc = tiled_block(acc, s1, b.d.to_f32(), None, y.d);
+    }
+    acc
+}
+
 /// A dot product of a weight row with an activation row (both as bytes).
 pub type LaneDot = fn(&[u8], &[u8]) -> f32;
 
@@ -210,7 +309,15 @@ pub type LaneDot = fn(&[u8], &[u8]) -> f32;
 /// The quantised kernels accumulate alike for one token and for a batch; the float
 /// ones do not (and tinyBLAS only takes rows that are a multiple of 16 long).
 pub fn lane_dot(ty: GgmlType, order: DotOrder, cols: usize) -> Option<LaneDot> {
-    let batch = order == DotOrder::Batch && cols.is_multiple_of(16);
+    let batch = order != DotOrder::Single && cols.is_multiple_of(16);
+    if order == DotOrder::Tiled {
+        match ty {
+            GgmlType::Q4_K => return Some(dot_q4_k_tiled),
+            GgmlType::Q5_K => return Some(dot_q5_k_tiled),
+            GgmlType::Q6_K => return Some(dot_q6_k_tiled),
+            _ => {}
+        }
+    }
     // `embodios-quant`'s AVX2 kernels for the legacy block formats keep the same eight
     // lanes and final fold as llama.cpp, so they give the same bits, faster (the
     // fidelity tests and `simd_legacy_kernels_match_the_lane_kernels` check this).
@@ -291,6 +398,32 @@ mod tests {
                 assert!(
                     (f64::from(want) - exact).abs() < tol,
                     "{ty}: {want} vs {exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tiled_k_quant_kernels_are_reorderings_of_the_same_dot_product() {
+        let mut rng = Rng::new(11);
+        let tiled: [(GgmlType, LaneDot); 3] = [
+            (GgmlType::Q4_K, dot_q4_k_tiled),
+            (GgmlType::Q5_K, dot_q5_k_tiled),
+            (GgmlType::Q6_K, dot_q6_k_tiled),
+        ];
+        for (ty, f) in tiled {
+            assert!(lane_dot(ty, DotOrder::Tiled, 512).is_some());
+            assert!(lane_dot(ty, DotOrder::Single, 512).is_none());
+            let k = embodios_quant::kernels(ty).unwrap();
+            for trial in 0..50 {
+                let n = 256 * (1 + trial % 3);
+                let w = encode(ty, &random_row(&mut rng, n, 0.2), false);
+                let a = encode(GgmlType::Q8_K, &random_row(&mut rng, n, 2.0), true);
+                let reference = (k.vec_dot)(&w, &a);
+                let got = f(&w, &a);
+                assert!(
+                    (got - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
+                    "{ty} n={n}: tiled {got} vs vec_dot {reference}"
                 );
             }
         }

@@ -1,5 +1,6 @@
-//! The EMBODIOS inference engine: llama-family transformer forward pass over GGUF
-//! weights, sampling, chat templates and a streaming generation loop.
+//! The EMBODIOS inference engine: transformer forward pass over GGUF weights for the
+//! llama, Gemma 3, Qwen2 and Phi-2 families, sampling, chat templates and a streaming
+//! generation loop.
 //!
 //! `no_std` + `alloc`, so the kernel links it unchanged; threads and clocks come from the
 //! caller through the [`parallel::Parallel`] and [`generate::Clock`] traits
@@ -43,6 +44,7 @@ extern crate alloc;
 
 pub mod chat;
 mod f16table;
+pub mod families;
 pub mod generate;
 pub mod kernels;
 pub mod lanes;
@@ -55,6 +57,7 @@ pub mod session;
 pub mod testmodel;
 
 pub use chat::{ChatTemplate, ChatTemplateError, Message};
+pub use families::Family;
 pub use generate::{
     Clock, Detokenize, GenerateError, Generation, GenerationStats, Generator, NoClock, StopReason,
 };

@@ -1,5 +1,6 @@
-//! Loading a llama-family model from a GGUF file: hyperparameters, and weights borrowed
-//! zero-copy from the file's bytes, every tensor checked for presence, shape and type.
+//! Loading a model of any supported family from a GGUF file: hyperparameters, and
+//! weights borrowed zero-copy from the file's bytes, every tensor checked for presence,
+//! shape and type. What differs between families lives in [`crate::families`].
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -9,6 +10,7 @@ use core::fmt;
 
 use embodios_gguf::{GgmlType, GgufFile, TensorInfo};
 
+use crate::families::{BlockShape, Family, FfnKind, Keys, NormKind};
 use crate::kernels;
 use crate::ops::{Rope, RopeStyle};
 
@@ -72,8 +74,7 @@ impl fmt::Display for LoadError {
     }
 }
 
-/// Architectures [`Model::load`] accepts.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub use crate::families::SUPPORTED_ARCHITECTURES;
 
 /// Hyperparameters of a loaded model.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +86,7 @@ pub struct Config {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
+    /// Epsilon of the family's norm (RMS norm, or LayerNorm for Phi-2).
     pub rms_eps: f32,
     pub rope_freq_base: f32,
     pub rope_freq_scale: f32,
@@ -95,6 +97,22 @@ pub struct Config {
     pub vocab_size: usize,
     /// The output projection is the token embedding (no `output.weight`).
     pub tied_output: bool,
+    /// The family (from `general.architecture`).
+    pub family: Family,
+    /// Factor applied to token embeddings (Gemma: sqrt(width); otherwise 1).
+    pub embd_scale: f32,
+    /// Factor applied to Q before the product with K (1 when the softmax scales instead).
+    pub q_scale: f32,
+    /// Factor applied to the attention scores in the softmax.
+    pub kq_scale: f32,
+    /// Sliding-window length of the local layers; 0 when every layer is global.
+    pub sliding_window: usize,
+    /// Per layer: whether it attends only to the last `sliding_window` positions.
+    pub swa_layers: Vec<bool>,
+    /// RoPE base of the sliding-window layers.
+    pub rope_freq_base_swa: f32,
+    /// Final logit soft-capping `c * tanh(logit / c)`; 0 when off.
+    pub logit_softcap: f32,
 }
 
 impl Config {
@@ -106,6 +124,11 @@ impl Config {
     /// Width of the Q projection.
     pub fn q_dim(&self) -> usize {
         self.n_head * self.head_dim
+    }
+
+    /// Whether layer `l` uses sliding-window attention.
+    pub fn is_swa(&self, l: usize) -> bool {
+        self.sliding_window > 0 && self.swa_layers.get(l).copied().unwrap_or(false)
     }
 }
 
@@ -138,18 +161,42 @@ impl<'a> WeightMatrix<'a> {
     }
 }
 
-/// Weights of one transformer block.
+/// A norm's weight and, for LayerNorm, its bias.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Norm {
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// A projection: weight matrix and optional bias.
+#[derive(Clone, Debug)]
+pub struct Linear<'a> {
+    pub w: WeightMatrix<'a>,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// Weights of one transformer block; which optional parts are present follows the
+/// family's [`BlockShape`].
 #[derive(Clone, Debug)]
 pub struct Layer<'a> {
-    pub attn_norm: Vec<f32>,
-    pub wq: WeightMatrix<'a>,
-    pub wk: WeightMatrix<'a>,
-    pub wv: WeightMatrix<'a>,
-    pub wo: WeightMatrix<'a>,
-    pub ffn_norm: Vec<f32>,
-    pub w_gate: WeightMatrix<'a>,
-    pub w_up: WeightMatrix<'a>,
-    pub w_down: WeightMatrix<'a>,
+    pub attn_norm: Norm,
+    pub wq: Linear<'a>,
+    pub wk: Linear<'a>,
+    pub wv: Linear<'a>,
+    pub wo: Linear<'a>,
+    /// Per-head RMS norm weights of Q and K (Gemma 3).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    /// Norm of the attention output before the residual add (Gemma 3).
+    pub attn_post_norm: Option<Norm>,
+    /// Absent when the feed-forward shares the attention norm (Phi-2).
+    pub ffn_norm: Option<Norm>,
+    /// Absent for ungated feed-forwards (Phi-2).
+    pub w_gate: Option<Linear<'a>>,
+    pub w_up: Linear<'a>,
+    pub w_down: Linear<'a>,
+    /// Norm of the feed-forward output before the residual add (Gemma 3).
+    pub ffn_post_norm: Option<Norm>,
 }
 
 /// A loaded model: hyperparameters plus weights that borrow the file's bytes.
@@ -159,44 +206,15 @@ pub struct Model<'a> {
     pub options: ModelOptions,
     pub token_embd: WeightMatrix<'a>,
     pub layers: Vec<Layer<'a>>,
-    pub output_norm: Vec<f32>,
+    pub output_norm: Norm,
     pub output: WeightMatrix<'a>,
+    pub output_bias: Option<Vec<f32>>,
+    /// RoPE of the global layers.
     pub rope: Rope,
-}
-
-fn key_u32(file: &GgufFile<'_>, key: &str) -> Result<usize, LoadError> {
-    match file.get(key) {
-        None => Err(LoadError::MissingKey(key.to_string())),
-        Some(v) => v
-            .as_u32()
-            .map(|x| x as usize)
-            .ok_or_else(|| LoadError::BadKey {
-                key: key.to_string(),
-                reason: format!(
-                    "expected an unsigned 32-bit integer, found {}",
-                    v.type_name()
-                ),
-            }),
-    }
-}
-
-fn key_u32_or(file: &GgufFile<'_>, key: &str, default: usize) -> Result<usize, LoadError> {
-    if file.get(key).is_none() {
-        Ok(default)
-    } else {
-        key_u32(file, key)
-    }
-}
-
-fn key_f32_or(file: &GgufFile<'_>, key: &str, default: Option<f32>) -> Result<f32, LoadError> {
-    match (file.get(key), default) {
-        (None, Some(d)) => Ok(d),
-        (None, None) => Err(LoadError::MissingKey(key.to_string())),
-        (Some(v), _) => v.as_f32().ok_or_else(|| LoadError::BadKey {
-            key: key.to_string(),
-            reason: format!("expected a float, found {}", v.type_name()),
-        }),
-    }
+    /// RoPE of the sliding-window layers (their own base; same as `rope` otherwise).
+    pub rope_swa: Rope,
+    /// The family's block shape.
+    pub shape: BlockShape,
 }
 
 fn tensor<'f, 'a>(file: &'f GgufFile<'a>, name: &str) -> Result<&'f TensorInfo<'a>, LoadError> {
@@ -281,25 +299,169 @@ fn vector(file: &GgufFile<'_>, name: &str, n: usize) -> Result<Vec<f32>, LoadErr
     Ok(out)
 }
 
+/// Loads an optional vector: `None` when the tensor is absent, an error when it is
+/// present but wrong.
+fn opt_vector(file: &GgufFile<'_>, name: &str, n: usize) -> Result<Option<Vec<f32>>, LoadError> {
+    if file.tensor(name).is_some() {
+        vector(file, name, n).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// A vector that `shape` requires (`need`) or that is optional.
+fn part(
+    file: &GgufFile<'_>,
+    name: &str,
+    n: usize,
+    need: bool,
+) -> Result<Option<Vec<f32>>, LoadError> {
+    if need {
+        vector(file, name, n).map(Some)
+    } else {
+        opt_vector(file, name, n)
+    }
+}
+
+fn norm(file: &GgufFile<'_>, stem: &str, n: usize, shape: &BlockShape) -> Result<Norm, LoadError> {
+    Ok(Norm {
+        weight: vector(file, &format!("{stem}.weight"), n)?,
+        bias: part(
+            file,
+            &format!("{stem}.bias"),
+            n,
+            shape.norm == NormKind::Layer,
+        )?,
+    })
+}
+
+fn linear<'a>(
+    file: &GgufFile<'a>,
+    stem: &str,
+    cols: usize,
+    rows: usize,
+    need_bias: bool,
+) -> Result<Linear<'a>, LoadError> {
+    Ok(Linear {
+        w: matrix(file, &format!("{stem}.weight"), cols, rows)?,
+        bias: part(file, &format!("{stem}.bias"), rows, need_bias)?,
+    })
+}
+
+/// A fused Q/K/V projection (`attn_qkv`, as Phi-2 files have it) split into three
+/// zero-copy row ranges: each output row is its own dot product, so the split computes
+/// exactly what the fused product does.
+fn fused_qkv<'a>(
+    file: &GgufFile<'a>,
+    stem: &str,
+    e: usize,
+    q: usize,
+    kv: usize,
+    need_bias: bool,
+) -> Result<(Linear<'a>, Linear<'a>, Linear<'a>), LoadError> {
+    let all = matrix(file, &format!("{stem}.weight"), e, q + 2 * kv)?;
+    let bias = part(file, &format!("{stem}.bias"), q + 2 * kv, need_bias)?;
+    let rows = |first: usize, n: usize| WeightMatrix {
+        name: format!("{}[{first}..{}]", all.name, first + n),
+        ty: all.ty,
+        cols: all.cols,
+        rows: n,
+        row_bytes: all.row_bytes,
+        data: &all.data[first * all.row_bytes..(first + n) * all.row_bytes],
+    };
+    let b = |first: usize, n: usize| bias.as_ref().map(|v| v[first..first + n].to_vec());
+    Ok((
+        Linear {
+            w: rows(0, q),
+            bias: b(0, q),
+        },
+        Linear {
+            w: rows(q, kv),
+            bias: b(q, kv),
+        },
+        Linear {
+            w: rows(q + kv, kv),
+            bias: b(q + kv, kv),
+        },
+    ))
+}
+
+/// One block's tensors (`blk.{i}.*`) as `shape` requires them.
+fn load_layer<'a>(
+    file: &GgufFile<'a>,
+    i: usize,
+    c: &Config,
+    shape: &BlockShape,
+) -> Result<Layer<'a>, LoadError> {
+    let n = |s: &str| format!("blk.{i}.{s}");
+    let (e, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+    let qkv_b = shape.qkv_bias;
+    let other_b = shape.other_biases;
+    let post = |stem: &str| -> Result<Option<Norm>, LoadError> {
+        if shape.post_norms {
+            norm(file, &n(stem), e, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let qk = |stem: &str| -> Result<Option<Vec<f32>>, LoadError> {
+        if shape.qk_norm {
+            vector(file, &n(stem), c.head_dim).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let (wq, wk, wv) = if file.tensor(&n("attn_qkv.weight")).is_some() {
+        fused_qkv(file, &n("attn_qkv"), e, q, kv, qkv_b)?
+    } else {
+        (
+            linear(file, &n("attn_q"), e, q, qkv_b)?,
+            linear(file, &n("attn_k"), e, kv, qkv_b)?,
+            linear(file, &n("attn_v"), e, kv, qkv_b)?,
+        )
+    };
+    Ok(Layer {
+        attn_norm: norm(file, &n("attn_norm"), e, shape)?,
+        wq,
+        wk,
+        wv,
+        wo: linear(file, &n("attn_output"), q, e, other_b)?,
+        q_norm: qk("attn_q_norm.weight")?,
+        k_norm: qk("attn_k_norm.weight")?,
+        attn_post_norm: post("post_attention_norm")?,
+        ffn_norm: if shape.parallel {
+            None
+        } else {
+            Some(norm(file, &n("ffn_norm"), e, shape)?)
+        },
+        w_gate: if shape.ffn == FfnKind::Gelu {
+            None
+        } else {
+            Some(linear(file, &n("ffn_gate"), e, ff, false)?)
+        },
+        w_up: linear(file, &n("ffn_up"), e, ff, other_b)?,
+        w_down: linear(file, &n("ffn_down"), ff, e, other_b)?,
+        ffn_post_norm: post("post_ffw_norm")?,
+    })
+}
+
 impl<'a> Model<'a> {
     /// Reads hyperparameters and borrows weights from a parsed GGUF file.
     pub fn load(file: &GgufFile<'a>, options: ModelOptions) -> Result<Self, LoadError> {
         let arch = file.architecture().ok_or(LoadError::MissingArchitecture)?;
-        let rope_style = match arch {
-            "llama" => RopeStyle::Normal,
-            other => return Err(LoadError::UnsupportedArchitecture(other.to_string())),
-        };
-        let k = |s: &str| format!("{arch}.{s}");
+        let family = Family::from_arch(arch)
+            .ok_or_else(|| LoadError::UnsupportedArchitecture(arch.to_string()))?;
+        let shape = family.shape();
+        let k = Keys { file, arch };
 
-        let n_layer = key_u32(file, &k("block_count"))?;
-        let n_embd = key_u32(file, &k("embedding_length"))?;
-        let n_ff = key_u32(file, &k("feed_forward_length"))?;
-        let n_head = key_u32(file, &k("attention.head_count"))?;
-        let n_head_kv = key_u32_or(file, &k("attention.head_count_kv"), n_head)?;
-        let context_length = key_u32(file, &k("context_length"))?;
-        let rms_eps = key_f32_or(file, &k("attention.layer_norm_rms_epsilon"), None)?;
-        let rope_freq_base = key_f32_or(file, &k("rope.freq_base"), Some(10000.0))?;
-        let rope_scale = key_f32_or(file, &k("rope.scaling.factor"), Some(0.0))?;
+        let n_layer = k.u32("block_count")?;
+        let n_embd = k.u32("embedding_length")?;
+        let n_ff = k.u32("feed_forward_length")?;
+        let n_head = k.u32("attention.head_count")?;
+        let n_head_kv = k.u32_or("attention.head_count_kv", n_head)?;
+        let context_length = k.u32("context_length")?;
+        let rope_freq_base = k.f32_or("rope.freq_base", Some(10000.0))?;
+        let rope_scale = k.f32_or("rope.scaling.factor", Some(0.0))?;
         let rope_freq_scale = if rope_scale == 0.0 {
             1.0
         } else {
@@ -312,27 +474,29 @@ impl<'a> Model<'a> {
                  head_count {n_head} and head_count_kv {n_head_kv} must all be non-zero"
             )));
         }
-        if n_embd % n_head != 0 {
-            return Err(LoadError::BadHyperparameters(format!(
-                "embedding_length {n_embd} is not a multiple of head_count {n_head}"
-            )));
-        }
         if n_head % n_head_kv != 0 {
             return Err(LoadError::BadHyperparameters(format!(
                 "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
             )));
         }
-        let head_dim = key_u32_or(file, &k("attention.key_length"), n_embd / n_head)?;
-        let v_dim = key_u32_or(file, &k("attention.value_length"), n_embd / n_head)?;
+        let default_head = n_embd / n_head;
+        let head_dim = k.u32_or("attention.key_length", default_head)?;
+        let v_dim = k.u32_or("attention.value_length", head_dim)?;
+        if head_dim == 0 || (!k.has("attention.key_length") && n_embd % n_head != 0) {
+            return Err(LoadError::BadHyperparameters(format!(
+                "embedding_length {n_embd} is not a multiple of head_count {n_head}"
+            )));
+        }
         if v_dim != head_dim {
             return Err(LoadError::BadHyperparameters(format!(
                 "key_length {head_dim} differs from value_length {v_dim}"
             )));
         }
-        let rope_dims = key_u32_or(file, &k("rope.dimension_count"), head_dim)?;
-        if rope_dims != head_dim || head_dim % 2 != 0 {
+        let rope_dims = k.u32_or("rope.dimension_count", head_dim)?;
+        if rope_dims > head_dim || rope_dims == 0 || rope_dims % 2 != 0 {
             return Err(LoadError::BadHyperparameters(format!(
-                "rope.dimension_count {rope_dims} must equal the (even) head size {head_dim}"
+                "rope.dimension_count {rope_dims} must be even, non-zero and at most the \
+                 head size {head_dim}"
             )));
         }
         if context_length == 0 {
@@ -350,6 +514,33 @@ impl<'a> Model<'a> {
                 found: embd.dims.clone(),
             });
         }
+        let mut config = Config {
+            architecture: arch.to_string(),
+            n_layer,
+            n_embd,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            rms_eps: 0.0,
+            rope_freq_base,
+            rope_freq_scale,
+            rope_dims,
+            rope_style: shape.rope,
+            context_length,
+            vocab_size,
+            tied_output: false,
+            family,
+            embd_scale: 1.0,
+            q_scale: 1.0,
+            kq_scale: 1.0 / libm::sqrtf(head_dim as f32),
+            sliding_window: 0,
+            swa_layers: vec![false; n_layer],
+            rope_freq_base_swa: rope_freq_base,
+            logit_softcap: 0.0,
+        };
+        family.hparams(&k, &mut config)?;
+
         let token_embd = matrix(file, "token_embd.weight", n_embd, vocab_size)?;
         if !kernels::dequantize_supported(token_embd.ty) {
             return Err(LoadError::UnsupportedTensorType {
@@ -357,36 +548,30 @@ impl<'a> Model<'a> {
                 ty: token_embd.ty,
             });
         }
-        let tied_output = file.tensor("output.weight").is_none();
-        let output = if tied_output {
+        config.tied_output = file.tensor("output.weight").is_none();
+        let output = if config.tied_output {
             token_embd.clone()
         } else {
             matrix(file, "output.weight", n_embd, vocab_size)?
         };
-        let output_norm = vector(file, "output_norm.weight", n_embd)?;
+        let output_norm = norm(file, "output_norm", n_embd, &shape)?;
+        let output_bias = part(file, "output.bias", vocab_size, shape.output_bias)?;
 
-        let q_dim = n_head * head_dim;
-        let kv_dim = n_head_kv * head_dim;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
-            layers.push(Layer {
-                attn_norm: vector(file, &n("attn_norm"), n_embd)?,
-                wq: matrix(file, &n("attn_q"), n_embd, q_dim)?,
-                wk: matrix(file, &n("attn_k"), n_embd, kv_dim)?,
-                wv: matrix(file, &n("attn_v"), n_embd, kv_dim)?,
-                wo: matrix(file, &n("attn_output"), q_dim, n_embd)?,
-                ffn_norm: vector(file, &n("ffn_norm"), n_embd)?,
-                w_gate: matrix(file, &n("ffn_gate"), n_embd, n_ff)?,
-                w_up: matrix(file, &n("ffn_up"), n_embd, n_ff)?,
-                w_down: matrix(file, &n("ffn_down"), n_ff, n_embd)?,
-            });
+            layers.push(load_layer(file, i, &config, &shape)?);
         }
 
-        let mut rope = Rope::new(rope_style, rope_dims, rope_freq_base, rope_freq_scale);
+        let mut rope = Rope::new(shape.rope, rope_dims, rope_freq_base, rope_freq_scale);
         if file.tensor("rope_freqs.weight").is_some() {
             rope.freq_factors = Some(vector(file, "rope_freqs.weight", rope_dims / 2)?);
         }
+        // The sliding-window layers' RoPE has its own base and no scaling.
+        let rope_swa = if config.sliding_window > 0 {
+            Rope::new(shape.rope, rope_dims, config.rope_freq_base_swa, 1.0)
+        } else {
+            rope.clone()
+        };
 
         if let Some(0) = options.max_context {
             return Err(LoadError::BadHyperparameters(
@@ -395,29 +580,16 @@ impl<'a> Model<'a> {
         }
 
         Ok(Model {
-            config: Config {
-                architecture: arch.to_string(),
-                n_layer,
-                n_embd,
-                n_ff,
-                n_head,
-                n_head_kv,
-                head_dim,
-                rms_eps,
-                rope_freq_base,
-                rope_freq_scale,
-                rope_dims,
-                rope_style,
-                context_length,
-                vocab_size,
-                tied_output,
-            },
+            config,
             options,
             token_embd,
             layers,
             output_norm,
             output,
+            output_bias,
             rope,
+            rope_swa,
+            shape,
         })
     }
 

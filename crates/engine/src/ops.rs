@@ -1,4 +1,4 @@
-//! Scalar numeric kernels of the forward pass (normalisation, RoPE, softmax, SiLU),
+//! Scalar numeric kernels of the forward pass (normalisation, RoPE, softmax, SiLU, GELU),
 //! written to round the way ggml's CPU backend does so logits match llama.cpp.
 
 use half::f16;
@@ -16,6 +16,65 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let scale = 1.0f32 / libm::sqrtf(mean + eps);
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * scale * g;
+    }
+}
+
+/// LayerNorm followed by the elementwise weight and bias:
+/// `out = (x - mean) / sqrt(var + eps) * w + b`.
+///
+/// As ggml: the mean is an f64 sum rounded to f32 and divided in f32; the variance sums
+/// the squared deviations 16 at a time (each group folded as `_mm512_reduce_add_ps`)
+/// into f64, the leftover elements one by one; weight and bias are applied as two
+/// separately rounded operations.
+pub fn layer_norm(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+    let n = x.len();
+    let mut sum = 0.0f64;
+    for &v in x {
+        sum += f64::from(v);
+    }
+    let mean = (sum as f32) / n as f32;
+    let mut var = 0.0f64;
+    let full = n - n % 16;
+    for (chunk, o) in x[..full].chunks_exact(16).zip(out.chunks_exact_mut(16)) {
+        let mut lanes = [0.0f32; 16];
+        for ((l, &v), d) in lanes.iter_mut().zip(chunk).zip(o.iter_mut()) {
+            *d = v - mean;
+            *l = *d * *d;
+        }
+        var += f64::from(reduce16(&lanes));
+    }
+    for (d, &v) in out[full..n].iter_mut().zip(&x[full..]) {
+        *d = v - mean;
+        var += f64::from(*d * *d);
+    }
+    let var = (var / n as f64) as f32;
+    let scale = 1.0f32 / libm::sqrtf(var + eps);
+    for (o, &g) in out.iter_mut().zip(w) {
+        *o = *o * scale * g;
+    }
+    if let Some(b) = b {
+        for (o, &c) in out.iter_mut().zip(b) {
+            *o += c;
+        }
+    }
+}
+
+/// GELU (tanh approximation) as ggml's CPU backend evaluates it: inputs at or below -10
+/// give 0, at or above 10 pass through, and the rest are rounded to f16 and looked up in
+/// a table of f16-rounded `0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2)))`, which
+/// this computes on the fly.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        let h = f16::from_f32(x).to_f32();
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const COEF_A: f32 = 0.044715;
+        let inner = SQRT_2_OVER_PI * h * fma(COEF_A * h, h, 1.0);
+        f16::from_f32(0.5 * h * (1.0 + tanh(inner))).to_f32()
     }
 }
 
@@ -164,19 +223,30 @@ pub fn exp_ggml(x: f32) -> f32 {
 /// summed 16 at a time with [`reduce16`] into an f64 total, then scaled by its f32
 /// reciprocal.
 pub fn softmax_scaled(x: &mut [f32], scale: f32) {
+    softmax_scaled_from(x, scale, 0);
+}
+
+/// [`softmax_scaled`] with the positions before `first` masked (a sliding window): they
+/// get probability 0 but keep their place in the 16-element groups of the sum, as
+/// llama.cpp's masked cache cells do.
+pub fn softmax_scaled_from(x: &mut [f32], scale: f32, first: usize) {
     let mut max = f32::NEG_INFINITY;
-    for v in x.iter_mut() {
+    for (i, v) in x.iter_mut().enumerate() {
         *v *= scale;
-        if *v > max {
+        if i >= first && *v > max {
             max = *v;
         }
     }
     let mut sum = 0.0f64;
-    for chunk in x.chunks_mut(16) {
+    for (c, chunk) in x.chunks_mut(16).enumerate() {
         // Positions past the end are masked in llama.cpp and contribute exactly 0.
         let mut lanes = [0.0f32; 16];
-        for (l, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
-            *v = exp_ggml(*v - max);
+        for (j, (l, v)) in lanes.iter_mut().zip(chunk.iter_mut()).enumerate() {
+            *v = if c * 16 + j >= first {
+                exp_ggml(*v - max)
+            } else {
+                0.0
+            };
             *l = *v;
         }
         sum += f64::from(reduce16(&lanes));
@@ -184,6 +254,34 @@ pub fn softmax_scaled(x: &mut [f32], scale: f32) {
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
+    }
+}
+
+/// tanh in f32 the way the C library's `tanhf` (which ggml calls) evaluates it on the
+/// reference machine (glibc 2.36): from `expm1(2|x|)` as `1 - 2 / (t + 2)` for
+/// |x| >= 1, from `t = expm1(-2|x|)` as `-t / (t + 2)` below, `x (1 + x)` for tiny
+/// inputs and +-1 from 22 on. Neither a correctly rounded tanh nor libm's `tanhf` agree
+/// with it to the last bit (about 7% of inputs differ by an ulp).
+pub fn tanh(x: f32) -> f32 {
+    let a = libm::fabsf(x);
+    if x.is_nan() {
+        return x;
+    }
+    let z = if a >= 22.0 {
+        1.0
+    } else if a < f32::from_bits(0x2400_0000) {
+        return x * (1.0 + x);
+    } else if a >= 1.0 {
+        let t = libm::expm1f(2.0 * a);
+        1.0 - 2.0 / (t + 2.0)
+    } else {
+        let t = libm::expm1f(-2.0 * a);
+        -t / (t + 2.0)
+    };
+    if x.is_sign_negative() {
+        -z
+    } else {
+        z
     }
 }
 
@@ -203,6 +301,21 @@ pub enum DotOrder {
     Single,
     /// A batch of tokens (prefill): llamafile's tinyBLAS, one 16-lane accumulator.
     Batch,
+    /// A batch of 8 or more tokens: as [`DotOrder::Batch`], except that K-quant weights
+    /// go through ggml's tiled K-quant kernel, which folds each 256-element block to one
+    /// exact integer before any float rounding (see [`crate::lanes::dot_q4_k_tiled`]).
+    Tiled,
+}
+
+impl DotOrder {
+    /// The order llama.cpp uses for a micro-batch of `n` tokens.
+    pub fn for_batch(n: usize) -> Self {
+        match n {
+            0 | 1 => DotOrder::Single,
+            2..=7 => DotOrder::Batch,
+            _ => DotOrder::Tiled,
+        }
+    }
 }
 
 /// Dot product of two f16 vectors, each product exact in f32, accumulated in the order
@@ -213,7 +326,7 @@ pub fn dot_f16(x: &[f16], y: &[f16], mode: DotOrder) -> f32 {
     let cv = |v: f16| crate::f16table::f16_to_f32(v.to_bits());
     let prod = |i: usize| cv(x[i]) * cv(y[i]);
     match mode {
-        DotOrder::Batch => {
+        DotOrder::Batch | DotOrder::Tiled => {
             let mut lanes = [0.0f32; 16];
             for (i, lane) in (0..n).zip((0..16).cycle()) {
                 lanes[lane] += prod(i);
@@ -305,6 +418,53 @@ mod tests {
         // First pair rotates by exactly 1 radian at position 1.
         assert!((h[0] - 1.0f32.cos()).abs() < 1e-6 && (h[1] - 1.0f32.sin()).abs() < 1e-6);
         assert_eq!(&h[2..], &[0.0, 0.0]);
+    }
+
+    #[test]
+    fn gelu_follows_the_tanh_formula_to_f16_precision() {
+        for x in [-12.0f32, -3.0, -0.5, 0.0, 0.3, 1.0, 2.5, 9.9, 11.0] {
+            let want = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044715 * x * x)).tanh());
+            let got = gelu(x);
+            assert!(
+                (got - want).abs() <= 2e-3 * (1.0 + want.abs()),
+                "{x}: {got} vs {want}"
+            );
+        }
+        assert_eq!(gelu(-10.0), 0.0);
+        assert_eq!(gelu(10.5), 10.5);
+    }
+
+    #[test]
+    fn layer_norm_centres_and_scales() {
+        let x: [f32; 20] = core::array::from_fn(|i| i as f32 * 0.5 - 3.0);
+        let w = [2.0f32; 20];
+        let b = [1.0f32; 20];
+        let mut out = [0.0f32; 20];
+        layer_norm(&x, &w, Some(&b), 1e-5, &mut out);
+        let mean: f32 = out.iter().sum::<f32>() / 20.0;
+        let var: f32 = out.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 20.0;
+        assert!((mean - 1.0).abs() < 1e-5, "{mean}");
+        assert!((var - 4.0).abs() < 1e-3, "{var}");
+    }
+
+    #[test]
+    fn masked_softmax_zeroes_the_window_prefix() {
+        let mut x = [5.0f32, 1.0, 2.0, 3.0];
+        softmax_scaled_from(&mut x, 1.0, 2);
+        assert_eq!(&x[..2], &[0.0, 0.0]);
+        assert!((x[2] + x[3] - 1.0).abs() < 1e-6 && x[3] > x[2]);
+    }
+
+    #[test]
+    fn tanh_is_tanh() {
+        for x in [-30.0f32, -3.0, -0.7, -1e-9, 0.0, 1e-9, 0.25, 1.0, 5.0, 25.0] {
+            let want = libm::tanh(f64::from(x));
+            assert!(
+                (f64::from(tanh(x)) - want).abs() <= 2e-7 * (1.0 + want.abs()),
+                "{x}"
+            );
+        }
+        assert!(tanh(f32::NAN).is_nan());
     }
 
     #[test]

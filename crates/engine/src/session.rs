@@ -1,5 +1,7 @@
 //! Inference state of one conversation (KV cache, position, scratch buffers) and the
-//! llama forward pass that advances it.
+//! forward pass that advances it: one block shape per family (see [`crate::families`])
+//! assembled from the shared layers here (norms, projections with optional biases,
+//! attention with optional sliding window, gated or plain feed-forward).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -8,9 +10,10 @@ use core::fmt;
 use embodios_gguf::GgmlType;
 use half::f16;
 
+use crate::families::{FfnKind, NormKind};
 use crate::kernels::{self, QuantError};
 use crate::matmul::{matmul, matmul_ordered, matmul_set, Product};
-use crate::model::{Model, WeightMatrix};
+use crate::model::{Linear, Model, Norm, WeightMatrix};
 use crate::ops;
 use crate::parallel::{split_range, Parallel};
 
@@ -135,11 +138,15 @@ struct Scratch {
     v: Vec<f32>,
     attn: Vec<f32>,
     proj: Vec<f32>,
+    /// Feed-forward output (kept apart from `proj` for parallel blocks).
+    ffn: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
     /// Per-worker attention scratch (grown to the worker count on first use).
     heads: HeadScratches,
     rope: Vec<f32>,
+    /// RoPE cache of the sliding-window layers (their own base).
+    rope_swa: Vec<f32>,
     /// Quantised activations, one buffer per format in use at a time.
     act: [Vec<u8>; ACT_SLOTS],
     act_ty: [Option<GgmlType>; ACT_SLOTS],
@@ -180,12 +187,14 @@ impl Session {
                 v: vec![0.0; c.kv_dim()],
                 attn: vec![0.0; c.q_dim()],
                 proj: vec![0.0; c.n_embd],
+                ffn: vec![0.0; c.n_embd],
                 gate: vec![0.0; c.n_ff],
                 up: vec![0.0; c.n_ff],
                 heads: HeadScratches(vec![spin::Mutex::new(HeadScratch::new(
                     capacity, c.head_dim,
                 ))]),
                 rope: vec![0.0; c.rope_dims],
+                rope_swa: vec![0.0; c.rope_dims],
                 act: [vec![0; act_cap], vec![0; act_cap], vec![0; act_cap]],
                 act_ty: [None; ACT_SLOTS],
                 logits: vec![0.0; c.vocab_size],
@@ -294,6 +303,8 @@ struct HeadJob<'c> {
     head_dim: usize,
     /// Positions attended to (the current one included).
     n_kv: usize,
+    /// First position inside the sliding window (0 without one).
+    first: usize,
     scale: f32,
     mode: ops::DotOrder,
     trace: fn(&str, usize, &[f32]),
@@ -314,7 +325,7 @@ impl HeadJob<'_> {
             *sc = ops::dot_f16(&s.q16, &cache.k[k0..k0 + hd], self.mode);
         }
         (self.trace)("kq", l * 100 + h, scores);
-        ops::softmax_scaled(scores, self.scale);
+        ops::softmax_scaled_from(scores, self.scale, self.first);
         (self.trace)("kq_soft_max", l * 100 + h, scores);
         // The attention weights are converted to F16 before multiplying with V.
         for (d, &p) in s.probs16[..n_kv].iter_mut().zip(scores.iter()) {
@@ -391,9 +402,10 @@ impl Model<'_> {
         }
         // llama.cpp evaluates a call in micro-batches of up to 512 tokens, and a batch of
         // two or more runs its float products through a different kernel (rounding
-        // differently) than a single token; follow the same split.
+        // differently) than a single token, and from eight tokens on its K-quant products
+        // too; follow the same split.
         for (c, chunk) in tokens.chunks(UBATCH).enumerate() {
-            let batch = chunk.len() > 1;
+            let batch = chunk.len();
             for (i, &tok) in chunk.iter().enumerate() {
                 let last = c * UBATCH + i + 1 == tokens.len();
                 self.step(session, tok, last, batch, par)?;
@@ -408,19 +420,13 @@ impl Model<'_> {
         session: &mut Session,
         token: u32,
         logits: bool,
-        batch: bool,
+        batch: usize,
         par: &dyn Parallel,
     ) -> Result<(), EngineError> {
         let c = &self.config;
+        let shape = &self.shape;
         let pos = session.pos;
-        let hd = c.head_dim;
-        let group = c.n_head / c.n_head_kv;
-        let scale = 1.0 / libm::sqrtf(hd as f32);
-        let mode = if batch {
-            ops::DotOrder::Batch
-        } else {
-            ops::DotOrder::Single
-        };
+        let mode = ops::DotOrder::for_batch(batch);
         let trace = session.trace.unwrap_or(|_, _, _| {});
         let cache = &mut session.cache;
         let s = &mut session.scratch;
@@ -430,30 +436,39 @@ impl Model<'_> {
             self.token_embd.row(token as usize),
             &mut s.x,
         )?;
+        if c.embd_scale != 1.0 {
+            for v in s.x.iter_mut() {
+                *v *= c.embd_scale;
+            }
+        }
         self.rope.fill_cache(pos, &mut s.rope);
+        if c.sliding_window > 0 {
+            self.rope_swa.fill_cache(pos, &mut s.rope_swa);
+        }
 
         for (l, layer) in self.layers.iter().enumerate() {
+            let swa = c.is_swa(l);
             // Attention.
-            ops::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn);
+            self.norm(&layer.attn_norm, &s.x, &mut s.xn);
             trace("attn_norm", l, &s.xn);
             s.act_ty = [None; ACT_SLOTS];
-            let (aq, nq) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wq, &s.xn)?;
-            let (ak, nk) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wk, &s.xn)?;
-            let (av, nv) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wv, &s.xn)?;
+            let (aq, nq) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wq.w, &s.xn)?;
+            let (ak, nk) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wk.w, &s.xn)?;
+            let (av, nv) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wv.w, &s.xn)?;
             matmul_set(
                 &mut [
                     Product {
-                        w: &layer.wq,
+                        w: &layer.wq.w,
                         x: &s.act[aq][..nq],
                         out: &mut s.q,
                     },
                     Product {
-                        w: &layer.wk,
+                        w: &layer.wk.w,
                         x: &s.act[ak][..nk],
                         out: &mut s.k,
                     },
                     Product {
-                        w: &layer.wv,
+                        w: &layer.wv.w,
                         x: &s.act[av][..nv],
                         out: &mut s.v,
                     },
@@ -461,120 +476,76 @@ impl Model<'_> {
                 par,
                 mode,
             )?;
+            add_bias(&mut s.q, &layer.wq);
+            add_bias(&mut s.k, &layer.wk);
+            add_bias(&mut s.v, &layer.wv);
             trace("Qpre", l, &s.q);
             trace("Kpre", l, &s.k);
             trace("Vcur", l, &s.v);
 
-            for h in s.q.chunks_exact_mut(hd) {
-                self.rope.apply(h, &s.rope);
+            let (rope, rope_cache) = if swa {
+                (&self.rope_swa, &s.rope_swa)
+            } else {
+                (&self.rope, &s.rope)
+            };
+            head_norm(&mut s.q, layer.q_norm.as_deref(), c.head_dim, c.rms_eps);
+            head_norm(&mut s.k, layer.k_norm.as_deref(), c.head_dim, c.rms_eps);
+            for h in s.q.chunks_exact_mut(c.head_dim) {
+                rope.apply(h, rope_cache);
             }
-            for h in s.k.chunks_exact_mut(hd) {
-                self.rope.apply(h, &s.rope);
+            for h in s.k.chunks_exact_mut(c.head_dim) {
+                rope.apply(h, rope_cache);
+            }
+            if c.q_scale != 1.0 {
+                for v in s.q.iter_mut() {
+                    *v *= c.q_scale;
+                }
             }
             trace("Kcur", l, &s.k);
 
-            // Store K and V for this position, rounded to f16.
-            let k0 = cache.k_at(l, pos);
-            for (dst, &src) in cache.k[k0..k0 + c.kv_dim()].iter_mut().zip(&s.k) {
-                *dst = f16::from_f32(src);
-            }
-            for kvh in 0..c.n_head_kv {
-                for d in 0..hd {
-                    let r = cache.v_row(l, kvh, d);
-                    cache.v[r + pos] = f16::from_f32(s.v[kvh * hd + d]);
-                }
-            }
-
-            let n_kv = pos + 1;
-            let cache_r: &KvCache = cache;
-            let job = HeadJob {
-                cache: cache_r,
-                layer: l,
-                group,
-                head_dim: hd,
-                n_kv,
-                scale,
-                mode,
-                trace,
-            };
-            let workers = par.threads().min(c.n_head);
-            if workers > 1 && n_kv * c.n_head >= PARALLEL_ATTENTION_MIN {
-                while s.heads.0.len() < workers {
-                    s.heads
-                        .0
-                        .push(spin::Mutex::new(HeadScratch::new(cache_r.capacity, hd)));
-                }
-                // Contiguous head ranges per worker, each with its slice of the output.
-                let mut parts: Vec<spin::Mutex<(usize, &mut [f32])>> = Vec::with_capacity(workers);
-                let mut rest: &mut [f32] = &mut s.attn;
-                for i in 0..workers {
-                    let r = split_range(c.n_head, workers, i);
-                    let (head, tail) = rest.split_at_mut(r.len() * hd);
-                    parts.push(spin::Mutex::new((r.start, head)));
-                    rest = tail;
-                }
-                let (q, heads) = (&s.q, &s.heads.0);
-                par.run(&|i| {
-                    if let (Some(part), Some(scratch)) = (parts.get(i), heads.get(i)) {
-                        let mut part = part.lock();
-                        let first = part.0;
-                        let mut scratch = scratch.lock();
-                        for (j, out) in part.1.chunks_exact_mut(hd).enumerate() {
-                            let h = first + j;
-                            job.head(h, &q[h * hd..(h + 1) * hd], out, &mut scratch);
-                        }
-                    }
-                });
+            let first = if swa {
+                (pos + 1).saturating_sub(c.sliding_window)
             } else {
-                let mut scratch = s.heads.0[0].lock();
-                for (h, out) in s.attn.chunks_exact_mut(hd).enumerate() {
-                    job.head(h, &s.q[h * hd..(h + 1) * hd], out, &mut scratch);
-                }
-            }
+                0
+            };
+            self.attention(cache, s, l, pos, first, mode, trace, par);
             trace("kqv_out", l, &s.attn);
             s.act_ty = [None; ACT_SLOTS];
-            let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wo, &s.attn)?;
-            matmul_ordered(&layer.wo, &s.act[a][..n], &mut s.proj, par, mode)?;
+            let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wo.w, &s.attn)?;
+            matmul_ordered(&layer.wo.w, &s.act[a][..n], &mut s.proj, par, mode)?;
+            add_bias(&mut s.proj, &layer.wo);
             trace("attn_out", l, &s.proj);
-            for (x, &p) in s.x.iter_mut().zip(&s.proj) {
-                *x += p;
+            if let Some(post) = &layer.attn_post_norm {
+                self.norm_in_place(post, &mut s.proj, &mut s.xn);
             }
 
-            // Feed-forward (SwiGLU).
-            trace("ffn_inp", l, &s.x);
-            ops::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn);
-            trace("ffn_norm", l, &s.xn);
-            s.act_ty = [None; ACT_SLOTS];
-            let (ag, ng) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_gate, &s.xn)?;
-            let (au, nu) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_up, &s.xn)?;
-            matmul_set(
-                &mut [
-                    Product {
-                        w: &layer.w_gate,
-                        x: &s.act[ag][..ng],
-                        out: &mut s.gate,
-                    },
-                    Product {
-                        w: &layer.w_up,
-                        x: &s.act[au][..nu],
-                        out: &mut s.up,
-                    },
-                ],
-                par,
-                mode,
-            )?;
-            trace("ffn_gate", l, &s.gate);
-            trace("ffn_up", l, &s.up);
-            for (g, &u) in s.gate.iter_mut().zip(&s.up) {
-                *g = ops::silu(*g) * u;
-            }
-            trace("ffn_swiglu", l, &s.gate);
-            s.act_ty = [None; ACT_SLOTS];
-            let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_down, &s.gate)?;
-            matmul_ordered(&layer.w_down, &s.act[a][..n], &mut s.proj, par, mode)?;
-            trace("ffn_out", l, &s.proj);
-            for (x, &p) in s.x.iter_mut().zip(&s.proj) {
-                *x += p;
+            if shape.parallel {
+                // The feed-forward reads the same normalised input as attention (`xn`
+                // may have served as scratch since, so it is recomputed), and llama.cpp
+                // adds (attention + feed-forward) to the residual.
+                self.norm(&layer.attn_norm, &s.x, &mut s.xn);
+                self.ffn(layer, s, mode, par)?;
+                trace("ffn_out", l, &s.ffn);
+                for ((x, &p), &f) in s.x.iter_mut().zip(&s.proj).zip(&s.ffn) {
+                    *x += p + f;
+                }
+            } else {
+                for (x, &p) in s.x.iter_mut().zip(&s.proj) {
+                    *x += p;
+                }
+                trace("ffn_inp", l, &s.x);
+                if let Some(n) = &layer.ffn_norm {
+                    self.norm(n, &s.x, &mut s.xn);
+                }
+                trace("ffn_norm", l, &s.xn);
+                self.ffn(layer, s, mode, par)?;
+                trace("ffn_out", l, &s.ffn);
+                if let Some(post) = &layer.ffn_post_norm {
+                    self.norm_in_place(post, &mut s.ffn, &mut s.xn);
+                }
+                for (x, &p) in s.x.iter_mut().zip(&s.ffn) {
+                    *x += p;
+                }
             }
             trace("l_out", l, &s.x);
         }
@@ -582,13 +553,201 @@ impl Model<'_> {
         session.tokens.push(token);
         session.pos += 1;
         if logits {
-            ops::rms_norm(&s.x, &self.output_norm, c.rms_eps, &mut s.xn);
+            self.norm(&self.output_norm, &s.x, &mut s.xn);
             s.act_ty = [None; ACT_SLOTS];
             let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &self.output, &s.xn)?;
             // Only the last position's logits are computed, one row: single-token rounding.
             matmul(&self.output, &s.act[a][..n], &mut s.logits, par)?;
+            if let Some(b) = &self.output_bias {
+                for (o, &v) in s.logits.iter_mut().zip(b) {
+                    *o += v;
+                }
+            }
+            if c.logit_softcap != 0.0 {
+                let cap = c.logit_softcap;
+                let inv = 1.0 / cap;
+                for o in s.logits.iter_mut() {
+                    *o = ops::tanh(*o * inv) * cap;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The family's norm of `x` into `out`.
+    fn norm(&self, n: &Norm, x: &[f32], out: &mut [f32]) {
+        match self.shape.norm {
+            NormKind::Rms => ops::rms_norm(x, &n.weight, self.config.rms_eps, out),
+            NormKind::Layer => {
+                ops::layer_norm(x, &n.weight, n.bias.as_deref(), self.config.rms_eps, out)
+            }
+        }
+    }
+
+    /// The family's norm of `x` in place (`tmp` is scratch of the same length).
+    fn norm_in_place(&self, n: &Norm, x: &mut [f32], tmp: &mut [f32]) {
+        self.norm(n, x, tmp);
+        x.copy_from_slice(tmp);
+    }
+
+    /// The feed-forward of `layer` on `s.xn`, into `s.ffn`.
+    fn ffn(
+        &self,
+        layer: &crate::model::Layer<'_>,
+        s: &mut Scratch,
+        mode: ops::DotOrder,
+        par: &dyn Parallel,
+    ) -> Result<(), EngineError> {
+        s.act_ty = [None; ACT_SLOTS];
+        match (&layer.w_gate, self.shape.ffn) {
+            (Some(gate), FfnKind::SwiGlu | FfnKind::GeGlu) => {
+                let (ag, ng) = ensure_act(&mut s.act, &mut s.act_ty, &gate.w, &s.xn)?;
+                let (au, nu) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_up.w, &s.xn)?;
+                matmul_set(
+                    &mut [
+                        Product {
+                            w: &gate.w,
+                            x: &s.act[ag][..ng],
+                            out: &mut s.gate,
+                        },
+                        Product {
+                            w: &layer.w_up.w,
+                            x: &s.act[au][..nu],
+                            out: &mut s.up,
+                        },
+                    ],
+                    par,
+                    mode,
+                )?;
+                add_bias(&mut s.gate, gate);
+                add_bias(&mut s.up, &layer.w_up);
+                if self.shape.ffn == FfnKind::SwiGlu {
+                    for (g, &u) in s.gate.iter_mut().zip(&s.up) {
+                        *g = ops::silu(*g) * u;
+                    }
+                } else {
+                    for (g, &u) in s.gate.iter_mut().zip(&s.up) {
+                        *g = ops::gelu(*g) * u;
+                    }
+                }
+            }
+            _ => {
+                let (au, nu) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_up.w, &s.xn)?;
+                matmul_ordered(&layer.w_up.w, &s.act[au][..nu], &mut s.gate, par, mode)?;
+                add_bias(&mut s.gate, &layer.w_up);
+                for g in s.gate.iter_mut() {
+                    *g = ops::gelu(*g);
+                }
+            }
+        }
+        s.act_ty = [None; ACT_SLOTS];
+        let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_down.w, &s.gate)?;
+        matmul_ordered(&layer.w_down.w, &s.act[a][..n], &mut s.ffn, par, mode)?;
+        add_bias(&mut s.ffn, &layer.w_down);
+        Ok(())
+    }
+
+    /// Stores this position's K and V (rounded to f16) and computes every head's
+    /// attention over positions `first..=pos` into `s.attn`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        cache: &mut KvCache,
+        s: &mut Scratch,
+        l: usize,
+        pos: usize,
+        first: usize,
+        mode: ops::DotOrder,
+        trace: fn(&str, usize, &[f32]),
+        par: &dyn Parallel,
+    ) {
+        let c = &self.config;
+        let hd = c.head_dim;
+        let k0 = cache.k_at(l, pos);
+        for (dst, &src) in cache.k[k0..k0 + c.kv_dim()].iter_mut().zip(&s.k) {
+            *dst = f16::from_f32(src);
+        }
+        for kvh in 0..c.n_head_kv {
+            for d in 0..hd {
+                let r = cache.v_row(l, kvh, d);
+                cache.v[r + pos] = f16::from_f32(s.v[kvh * hd + d]);
+            }
+        }
+
+        let n_kv = pos + 1;
+        let cache_r: &KvCache = cache;
+        let job = HeadJob {
+            cache: cache_r,
+            layer: l,
+            group: c.n_head / c.n_head_kv,
+            head_dim: hd,
+            n_kv,
+            first,
+            scale: c.kq_scale,
+            mode,
+            trace,
+        };
+        let workers = par.threads().min(c.n_head);
+        if workers > 1 && n_kv * c.n_head >= PARALLEL_ATTENTION_MIN {
+            while s.heads.0.len() < workers {
+                s.heads
+                    .0
+                    .push(spin::Mutex::new(HeadScratch::new(cache_r.capacity, hd)));
+            }
+            // Contiguous head ranges per worker, each with its slice of the output.
+            let mut parts: Vec<spin::Mutex<(usize, &mut [f32])>> = Vec::with_capacity(workers);
+            let mut rest: &mut [f32] = &mut s.attn;
+            for i in 0..workers {
+                let r = split_range(c.n_head, workers, i);
+                let (head, tail) = rest.split_at_mut(r.len() * hd);
+                parts.push(spin::Mutex::new((r.start, head)));
+                rest = tail;
+            }
+            let (q, heads) = (&s.q, &s.heads.0);
+            par.run(&|i| {
+                if let (Some(part), Some(scratch)) = (parts.get(i), heads.get(i)) {
+                    let mut part = part.lock();
+                    let first = part.0;
+                    let mut scratch = scratch.lock();
+                    for (j, out) in part.1.chunks_exact_mut(hd).enumerate() {
+                        let h = first + j;
+                        job.head(h, &q[h * hd..(h + 1) * hd], out, &mut scratch);
+                    }
+                }
+            });
+        } else {
+            let mut scratch = s.heads.0[0].lock();
+            for (h, out) in s.attn.chunks_exact_mut(hd).enumerate() {
+                job.head(h, &s.q[h * hd..(h + 1) * hd], out, &mut scratch);
+            }
+        }
+    }
+}
+
+/// Adds a projection's bias, if it has one (a separate rounding, as ggml's add).
+fn add_bias(out: &mut [f32], lin: &Linear<'_>) {
+    if let Some(b) = &lin.bias {
+        for (o, &v) in out.iter_mut().zip(b) {
+            *o += v;
+        }
+    }
+}
+
+/// Per-head RMS norm (Gemma 3's Q/K norms) when the layer has one.
+fn head_norm(x: &mut [f32], w: Option<&[f32]>, head_dim: usize, eps: f32) {
+    if let Some(w) = w {
+        let mut tmp = [0.0f32; 512];
+        for h in x.chunks_exact_mut(head_dim) {
+            if head_dim <= tmp.len() {
+                let t = &mut tmp[..head_dim];
+                ops::rms_norm(h, w, eps, t);
+                h.copy_from_slice(t);
+            } else {
+                let mut t = vec![0.0f32; head_dim];
+                ops::rms_norm(h, w, eps, &mut t);
+                h.copy_from_slice(&t);
+            }
+        }
     }
 }
 

@@ -41,6 +41,14 @@ pub fn smollm2_path() -> PathBuf {
     )
 }
 
+pub fn gemma3_path() -> PathBuf {
+    model_path(
+        "EMBODIOS_MODEL_GEMMA3_270M",
+        "gemma-3-270m-q4_k_m.gguf",
+        " gemma3-270m",
+    )
+}
+
 pub fn golden(name: &str) -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -88,6 +96,8 @@ pub struct CaseReport {
     pub top_err: f32,
     /// Max |ours - llama.cpp| over the whole vector (when stored).
     pub full_err: Option<f32>,
+    /// Max |ours - llama.cpp| over every `stride`-th logit (when stored).
+    pub sampled_err: Option<f32>,
     /// Greedy tokens that matched before the end or an accepted near-tie divergence.
     pub matched: usize,
     pub expected: usize,
@@ -135,6 +145,19 @@ pub fn run_case(
             full.iter()
                 .zip(&logits)
                 .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max),
+        );
+    }
+    if let (Some(stride), Some(sampled)) = (
+        case.get("last_logits_stride").and_then(Value::as_u64),
+        case.get("last_logits_sampled"),
+    ) {
+        let sampled = floats(sampled);
+        rep.sampled_err = Some(
+            sampled
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| (logits[i * stride as usize] - w).abs())
                 .fold(0.0f32, f32::max),
         );
     }
