@@ -15,20 +15,7 @@ use embodios_engine::testmodel::{
 };
 use embodios_engine::Family;
 use embodios_gguf::GgufFile;
-
-fn find(env: &str, file: &str) -> Option<PathBuf> {
-    let mut c = Vec::new();
-    if let Ok(p) = std::env::var(env) {
-        c.push(PathBuf::from(p));
-    }
-    if let Ok(p) = std::env::var("EMBODIOS_CACHE") {
-        c.push(PathBuf::from(p).join("models").join(file));
-    }
-    if let Ok(h) = std::env::var("HOME") {
-        c.push(PathBuf::from(h).join(".cache/embodios/models").join(file));
-    }
-    c.into_iter().find(|p| p.is_file())
-}
+use embodios_testkit::TestModel;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,15 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .clone();
     let src = match args.get(1) {
         Some(p) => PathBuf::from(p),
-        None if family == Some(Family::Gemma3) => {
-            find("EMBODIOS_MODEL_GEMMA3_270M", "gemma-3-270m-q4_k_m.gguf")
-                .ok_or("model not found: run `cargo xtask fetch-model gemma3-270m`")?
-        }
-        None => find(
-            "EMBODIOS_MODEL_SMOLLM2_135M",
-            "SmolLM2-135M-Instruct.Q4_1.gguf",
-        )
-        .ok_or("model not found: run `cargo xtask fetch-model`")?,
+        None if family == Some(Family::Gemma3) => TestModel::Gemma3.path(),
+        None => TestModel::SmolLm2.path(),
     };
     let bytes = std::fs::read(&src)?;
     let file = GgufFile::parse(&bytes)?;

@@ -8,45 +8,19 @@ use base64::Engine as _;
 use embodios_engine::parallel::Parallel;
 use embodios_engine::sampler::argmax;
 use embodios_engine::{Model, Session};
+use embodios_testkit::TestModel;
 use serde_json::Value;
 
 /// Divergences from llama.cpp's greedy choice are tolerated only where llama.cpp's own
 /// top-1/top-2 logit margin was below this (a near tie that rounding can flip).
 pub const NEAR_TIE_MARGIN: f32 = 0.05;
 
-/// Path of a model file: `$ENV`, else `$EMBODIOS_CACHE/models/<file>`, else
-/// `~/.cache/embodios/models/<file>`. Panics with the fetch hint when absent.
-pub fn model_path(env: &str, file: &str, fetch_arg: &str) -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Ok(p) = std::env::var(env) {
-        candidates.push(PathBuf::from(p));
-    }
-    if let Ok(c) = std::env::var("EMBODIOS_CACHE") {
-        candidates.push(Path::new(&c).join("models").join(file));
-    }
-    if let Ok(h) = std::env::var("HOME") {
-        candidates.push(Path::new(&h).join(".cache/embodios/models").join(file));
-    }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("model not found: run `cargo xtask fetch-model{fetch_arg}`"))
-}
-
 pub fn smollm2_path() -> PathBuf {
-    model_path(
-        "EMBODIOS_MODEL_SMOLLM2_135M",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "",
-    )
+    TestModel::SmolLm2.path()
 }
 
 pub fn gemma3_path() -> PathBuf {
-    model_path(
-        "EMBODIOS_MODEL_GEMMA3_270M",
-        "gemma-3-270m-q4_k_m.gguf",
-        " gemma3-270m",
-    )
+    TestModel::Gemma3.path()
 }
 
 pub fn golden(name: &str) -> Value {
