@@ -10,8 +10,48 @@ use embodios_tokenizer::Tokenizer;
 /// the same default as llama.cpp's tools.
 const DEFAULT_CONTEXT: usize = 4096;
 
-pub fn read_file(path: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read model file `{path}`: {e}"))
+/// A model file's bytes: mapped into memory, so the weights are used in place from the
+/// page cache (no copy on the heap, shared with other processes reading the file).
+pub struct ModelBytes {
+    map: Option<memmap2::Mmap>,
+}
+
+impl ModelBytes {
+    /// A copy of the bytes on the heap, for callers that need an owned buffer.
+    pub fn into_boxed_slice(self) -> Box<[u8]> {
+        Box::from(&*self)
+    }
+}
+
+impl std::ops::Deref for ModelBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+/// Maps the model file read-only (an empty file, which cannot be mapped, gives no bytes
+/// and then fails as an invalid GGUF file).
+pub fn read_file(path: &str) -> Result<ModelBytes, String> {
+    let err = |e: std::io::Error| format!("cannot read model file `{path}`: {e}");
+    let file = std::fs::File::open(path).map_err(err)?;
+    if file.metadata().map_err(err)?.len() == 0 {
+        return Ok(ModelBytes { map: None });
+    }
+    // SAFETY: the map is read-only and private to this process; a model file is not
+    // written while a model runs (EMBODIOS never writes it, and `fetch-model` replaces
+    // files by renaming a finished download, which leaves this mapping on the old
+    // inode). Truncating the file from outside while mapped would be a user error that
+    // turns into a SIGBUS, as for llama.cpp, which maps model files the same way.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(err)?;
+    // Hints only: the weights are all read soon, in no particular order, and huge pages
+    // cut TLB misses where the kernel can back a file mapping with them.
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::WillNeed);
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    Ok(ModelBytes { map: Some(map) })
 }
 
 pub fn parse<'a>(path: &str, bytes: &'a [u8]) -> Result<GgufFile<'a>, String> {

@@ -224,53 +224,84 @@ fn dot_k4_tiled(
     block_bytes: usize,
     levels: impl Fn(&[u8]) -> ([u8; 256], f32, f32, [u8; 12]),
 ) -> f32 {
+    let [r] = dot_k4_tiled_n(w, [a], block_bytes, levels);
+    r
+}
+
+/// [`dot_k4_tiled`] of one weight row with `N` activation rows: each block's levels and
+/// scales are unpacked once, then every row goes through the same steps as alone.
+fn dot_k4_tiled_n<const N: usize>(
+    w: &[u8],
+    a: [&[u8]; N],
+    block_bytes: usize,
+    levels: impl Fn(&[u8]) -> ([u8; 256], f32, f32, [u8; 12]),
+) -> [f32; N] {
     use embodios_quant::kquants::{unpack_k4_scales, BlockQ8K, Q8_K_BYTES};
-    let mut acc = 0.0f32;
-    for (x, y) in w.chunks_exact(block_bytes).zip(a.chunks_exact(Q8_K_BYTES)) {
-        let Ok(yb) = <&[u8; Q8_K_BYTES]>::try_from(y) else {
-            return f32::NAN;
-        };
-        let y = BlockQ8K::parse(yb);
+    let avx2 = crate::simd::avx2_available();
+    let mut acc = [0.0f32; N];
+    for (b, x) in w.chunks_exact(block_bytes).enumerate() {
         let (q, d, dmin, scales) = levels(x);
         let (sc, mn) = unpack_k4_scales(&scales);
-        let (mut s1, mut s2) = (0i32, 0i32);
-        for s in 0..8 {
-            let r = 32 * s..32 * s + 32;
-            let dot: i32 = q[r.clone()]
-                .iter()
-                .zip(&y.qs[r])
-                .map(|(&w, &a)| i32::from(w) * i32::from(a as i8))
-                .sum();
-            s1 += i32::from(sc[s]) * dot;
-            s2 += i32::from(mn[s]) * (i32::from(y.bsums[2 * s]) + i32::from(y.bsums[2 * s + 1]));
+        for (acc, a) in acc.iter_mut().zip(a) {
+            let Some(yb) = a
+                .get(b * Q8_K_BYTES..(b + 1) * Q8_K_BYTES)
+                .and_then(|y| <&[u8; Q8_K_BYTES]>::try_from(y).ok())
+            else {
+                *acc = f32::NAN;
+                continue;
+            };
+            let y = BlockQ8K::parse(yb);
+            let dots = crate::simd::group_dots(&q, y.qs, avx2);
+            let (mut s1, mut s2) = (0i32, 0i32);
+            for (s, &dot) in dots.iter().enumerate() {
+                s1 += i32::from(sc[s]) * dot;
+                s2 +=
+                    i32::from(mn[s]) * (i32::from(y.bsums[2 * s]) + i32::from(y.bsums[2 * s + 1]));
+            }
+            *acc = tiled_block(*acc, s1, d, Some((dmin, s2)), y.d);
         }
-        acc = tiled_block(acc, s1, d, Some((dmin, s2)), y.d);
     }
     acc
 }
 
+/// Q4_K levels, scales and mins of one block (zeros for a short block).
+fn q4_k_parts(x: &[u8]) -> ([u8; 256], f32, f32, [u8; 12]) {
+    use embodios_quant::kquants::{BlockQ4K, Q4_K_BYTES};
+    let Ok(b) = <&[u8; Q4_K_BYTES]>::try_from(x) else {
+        return ([0; 256], 0.0, 0.0, [0; 12]);
+    };
+    let b = BlockQ4K::parse(b);
+    (b.levels(), b.d.to_f32(), b.dmin.to_f32(), *b.scales)
+}
+
+/// Q5_K levels, scales and mins of one block (zeros for a short block).
+fn q5_k_parts(x: &[u8]) -> ([u8; 256], f32, f32, [u8; 12]) {
+    use embodios_quant::kquants::{BlockQ5K, Q5_K_BYTES};
+    let Ok(b) = <&[u8; Q5_K_BYTES]>::try_from(x) else {
+        return ([0; 256], 0.0, 0.0, [0; 12]);
+    };
+    let b = BlockQ5K::parse(b);
+    (b.levels(), b.d.to_f32(), b.dmin.to_f32(), *b.scales)
+}
+
+/// [`dot_q4_k_tiled`] for four activation rows (same bits as four calls).
+pub fn dot4_q4_k_tiled(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    dot_k4_tiled_n(w, a, embodios_quant::kquants::Q4_K_BYTES, q4_k_parts)
+}
+
+/// [`dot_q5_k_tiled`] for four activation rows (same bits as four calls).
+pub fn dot4_q5_k_tiled(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    dot_k4_tiled_n(w, a, embodios_quant::kquants::Q5_K_BYTES, q5_k_parts)
+}
+
 /// Q4_K weights against Q8_K in ggml's tiled batch kernel order (see [`dot_k4_tiled`]).
 pub fn dot_q4_k_tiled(w: &[u8], a: &[u8]) -> f32 {
-    use embodios_quant::kquants::{BlockQ4K, Q4_K_BYTES};
-    dot_k4_tiled(w, a, Q4_K_BYTES, |x| {
-        let Ok(b) = <&[u8; Q4_K_BYTES]>::try_from(x) else {
-            return ([0; 256], 0.0, 0.0, [0; 12]);
-        };
-        let b = BlockQ4K::parse(b);
-        (b.levels(), b.d.to_f32(), b.dmin.to_f32(), *b.scales)
-    })
+    dot_k4_tiled(w, a, embodios_quant::kquants::Q4_K_BYTES, q4_k_parts)
 }
 
 /// Q5_K weights against Q8_K in ggml's tiled batch kernel order (see [`dot_k4_tiled`]).
 pub fn dot_q5_k_tiled(w: &[u8], a: &[u8]) -> f32 {
-    use embodios_quant::kquants::{BlockQ5K, Q5_K_BYTES};
-    dot_k4_tiled(w, a, Q5_K_BYTES, |x| {
-        let Ok(b) = <&[u8; Q5_K_BYTES]>::try_from(x) else {
-            return ([0; 256], 0.0, 0.0, [0; 12]);
-        };
-        let b = BlockQ5K::parse(b);
-        (b.levels(), b.d.to_f32(), b.dmin.to_f32(), *b.scales)
-    })
+    dot_k4_tiled(w, a, embodios_quant::kquants::Q5_K_BYTES, q5_k_parts)
 }
 
 /// Q6_K weights (signed 8-bit scales per 16 elements) against Q8_K in ggml's tiled batch
@@ -341,6 +372,19 @@ pub fn lane_dot(ty: GgmlType, order: DotOrder, cols: usize) -> Option<LaneDot> {
     }
 }
 
+/// A four-activation-row kernel with the same bits as [`lane_dot`]'s (or, where that has
+/// none, the active kernel table's) single-row kernel for `ty` in `order`, if one exists.
+pub fn lane_dot4(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDot4Fn> {
+    match (order, ty) {
+        (DotOrder::Tiled, GgmlType::Q4_K) => Some(dot4_q4_k_tiled),
+        (DotOrder::Tiled, GgmlType::Q5_K) => Some(dot4_q5_k_tiled),
+        // `embodios-quant` has four-row forms of some SIMD kernels (Q4_1, Q5_0), only
+        // while its SIMD set is active, which is exactly when `lane_dot` and the kernel
+        // table hand out those SIMD kernels; none of these types has an order variant.
+        _ => embodios_quant::vec_dot4(ty),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +443,64 @@ mod tests {
                     (f64::from(want) - exact).abs() < tol,
                     "{ty}: {want} vs {exact}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn four_token_kernels_match_the_single_token_kernels() {
+        let mut rng = Rng::new(8);
+        // Q4_1 against its lane kernel (the order llama.cpp's build uses); Q5_0 against
+        // the single-row SIMD kernel the engine uses for it (bit-identical to llama.cpp's
+        // AVX2 kernel, see `embodios-quant`'s tests).
+        let single: [(GgmlType, Option<LaneDot>); 2] = [
+            (GgmlType::Q4_1, Some(dot_q4_1_q8_1)),
+            (
+                GgmlType::Q5_0,
+                embodios_quant::simd_kernels(GgmlType::Q5_0).map(|k| k.vec_dot),
+            ),
+        ];
+        for (ty, one) in single {
+            let act_ty = embodios_quant::vec_dot_type(ty).unwrap();
+            let (Some(dot4), Some(one)) = (embodios_quant::vec_dot4(ty), one) else {
+                // Without AVX2 there is no four-token kernel, and the matmul uses none.
+                assert_ne!(embodios_quant::active_kernel_set(), "avx2+fma");
+                assert!(embodios_quant::vec_dot4(ty).is_none());
+                continue;
+            };
+            for trial in 0..100 {
+                let n = 32 * (1 + trial % 24);
+                let w = encode(ty, &random_row(&mut rng, n, 0.1), false);
+                let a: Vec<Vec<u8>> = (0..4)
+                    .map(|_| encode(act_ty, &random_row(&mut rng, n, 3.0), true))
+                    .collect();
+                let got = dot4(&w, [&a[0], &a[1], &a[2], &a[3]]);
+                for (g, a) in got.iter().zip(&a) {
+                    assert_eq!(g.to_bits(), one(&w, a).to_bits(), "{ty} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn four_row_tiled_kernels_match_the_single_row_ones() {
+        let mut rng = Rng::new(12);
+        let pairs: [(GgmlType, LaneDot, embodios_quant::VecDot4Fn); 2] = [
+            (GgmlType::Q4_K, dot_q4_k_tiled, dot4_q4_k_tiled),
+            (GgmlType::Q5_K, dot_q5_k_tiled, dot4_q5_k_tiled),
+        ];
+        for (ty, one, four) in pairs {
+            assert!(lane_dot4(ty, DotOrder::Tiled).is_some());
+            for trial in 0..30 {
+                let n = 256 * (1 + trial % 3);
+                let w = encode(ty, &random_row(&mut rng, n, 0.2), false);
+                let a: Vec<Vec<u8>> = (0..4)
+                    .map(|_| encode(GgmlType::Q8_K, &random_row(&mut rng, n, 2.0), true))
+                    .collect();
+                let got = four(&w, [&a[0], &a[1], &a[2], &a[3]]);
+                for (g, a) in got.iter().zip(&a) {
+                    assert_eq!(g.to_bits(), one(&w, a).to_bits(), "{ty} n={n}");
+                }
             }
         }
     }

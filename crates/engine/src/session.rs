@@ -9,10 +9,11 @@ use core::fmt;
 
 use embodios_gguf::GgmlType;
 use half::f16;
+use half::vec::HalfBitsVecExt;
 
 use crate::families::{FfnKind, NormKind};
 use crate::kernels::{self, QuantError};
-use crate::matmul::{matmul, matmul_ordered, matmul_set, Product};
+use crate::matmul::{matmul, matmul_set, Product};
 use crate::model::{Linear, Model, Norm, WeightMatrix};
 use crate::ops;
 use crate::parallel::{split_range, Parallel};
@@ -100,8 +101,10 @@ impl KvCache {
             n_head_kv,
             head_dim,
             capacity,
-            k: vec![f16::ZERO; n_layer * per_layer],
-            v: vec![f16::ZERO; n_layer * per_layer],
+            // Zeroed through the integer type, which the allocator can hand out as
+            // untouched zero pages: a long context costs memory only once it is used.
+            k: vec![0u16; n_layer * per_layer].reinterpret_into(),
+            v: vec![0u16; n_layer * per_layer].reinterpret_into(),
         }
     }
 
@@ -128,9 +131,15 @@ impl KvCache {
     }
 }
 
-/// Scratch buffers reused by every forward pass.
+/// Scratch buffers reused by every forward pass. The per-token buffers hold `cap`
+/// tokens one after the other (a prompt is evaluated as a batch); they grow when a
+/// larger batch comes and are never shrunk, so decoding allocates nothing.
 #[derive(Clone, Debug)]
 struct Scratch {
+    /// Tokens the per-token buffers have room for.
+    cap: usize,
+    /// The widest activation vector in bytes, in its widest format.
+    act_width: usize,
     x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
@@ -142,6 +151,8 @@ struct Scratch {
     ffn: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// Row-major results of a batched product before they are spread to the tokens.
+    tmp: Vec<f32>,
     /// Per-worker attention scratch (grown to the worker count on first use).
     heads: HeadScratches,
     rope: Vec<f32>,
@@ -151,6 +162,67 @@ struct Scratch {
     act: [Vec<u8>; ACT_SLOTS],
     act_ty: [Option<GgmlType>; ACT_SLOTS],
     logits: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(c: &crate::model::Config, capacity: usize) -> Self {
+        let widest = c.n_embd.max(c.n_ff).max(c.q_dim());
+        let mut s = Self {
+            cap: 0,
+            // The largest activation format: f32, 4 bytes per element.
+            act_width: widest * 4 + 64,
+            x: Vec::new(),
+            xn: Vec::new(),
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            attn: Vec::new(),
+            proj: Vec::new(),
+            ffn: Vec::new(),
+            gate: Vec::new(),
+            up: Vec::new(),
+            tmp: Vec::new(),
+            heads: HeadScratches(vec![spin::Mutex::new(HeadScratch::new(
+                capacity, c.head_dim,
+            ))]),
+            rope: Vec::new(),
+            rope_swa: Vec::new(),
+            act: [Vec::new(), Vec::new(), Vec::new()],
+            act_ty: [None; ACT_SLOTS],
+            logits: vec![0.0; c.vocab_size],
+        };
+        s.reserve(c, 1);
+        s
+    }
+
+    /// Makes room for `tokens` tokens at once.
+    fn reserve(&mut self, c: &crate::model::Config, tokens: usize) {
+        if tokens <= self.cap {
+            return;
+        }
+        let n = tokens;
+        let grow = |v: &mut Vec<f32>, per: usize| v.resize(per * n, 0.0);
+        grow(&mut self.x, c.n_embd);
+        grow(&mut self.xn, c.n_embd);
+        grow(&mut self.q, c.q_dim());
+        grow(&mut self.k, c.kv_dim());
+        grow(&mut self.v, c.kv_dim());
+        grow(&mut self.attn, c.q_dim());
+        grow(&mut self.proj, c.n_embd);
+        grow(&mut self.ffn, c.n_embd);
+        grow(&mut self.gate, c.n_ff);
+        grow(&mut self.up, c.n_ff);
+        let widest_set = (c.q_dim() + 2 * c.kv_dim()).max(2 * c.n_ff).max(c.n_embd);
+        if n > 1 {
+            grow(&mut self.tmp, widest_set);
+        }
+        grow(&mut self.rope, c.rope_dims);
+        grow(&mut self.rope_swa, c.rope_dims);
+        for a in self.act.iter_mut() {
+            a.resize(self.act_width * n, 0);
+        }
+        self.cap = n;
+    }
 }
 
 /// One conversation's state: its KV cache, position and scratch space.
@@ -165,6 +237,8 @@ pub struct Session {
     /// (`"attn_norm"`, `"Kcur"`, `"ffn_out"`, `"l_out"`, ... with the layer number; for
     /// the per-head `"kq"` and `"kq_soft_max"` the number is `layer * 100 + head`), to
     /// compare with the tensors llama.cpp's graph callback sees under the same names.
+    /// A prompt is evaluated layer by layer for all its tokens, so the calls for one
+    /// layer come for each token in turn.
     pub trace: Option<fn(&str, usize, &[f32])>,
 }
 
@@ -173,32 +247,10 @@ impl Session {
     pub fn new(model: &Model<'_>) -> Self {
         let c = &model.config;
         let capacity = model.context_len();
-        let widest = c.n_embd.max(c.n_ff).max(c.q_dim());
-        // The largest activation format: f32, 4 bytes per element.
-        let act_cap = widest * 4 + 64;
         Self {
             cache: KvCache::new(c.n_layer, c.n_head_kv, c.head_dim, capacity),
             pos: 0,
-            scratch: Scratch {
-                x: vec![0.0; c.n_embd],
-                xn: vec![0.0; c.n_embd],
-                q: vec![0.0; c.q_dim()],
-                k: vec![0.0; c.kv_dim()],
-                v: vec![0.0; c.kv_dim()],
-                attn: vec![0.0; c.q_dim()],
-                proj: vec![0.0; c.n_embd],
-                ffn: vec![0.0; c.n_embd],
-                gate: vec![0.0; c.n_ff],
-                up: vec![0.0; c.n_ff],
-                heads: HeadScratches(vec![spin::Mutex::new(HeadScratch::new(
-                    capacity, c.head_dim,
-                ))]),
-                rope: vec![0.0; c.rope_dims],
-                rope_swa: vec![0.0; c.rope_dims],
-                act: [vec![0; act_cap], vec![0; act_cap], vec![0; act_cap]],
-                act_ty: [None; ACT_SLOTS],
-                logits: vec![0.0; c.vocab_size],
-            },
+            scratch: Scratch::new(c, capacity),
             tokens: Vec::with_capacity(capacity),
             trace: None,
         }
@@ -338,18 +390,20 @@ impl HeadJob<'_> {
     }
 }
 
-/// Quantises `x` for `w` into one of the activation buffers unless one already holds
-/// `x` in the right format (Q, K and V share their input, and so do gate and up), and
-/// returns that buffer's index and the used length. Callers reset `act_ty` whenever the
-/// input vector changes.
+/// Quantises the `tokens` vectors of `x` (one after the other) for `w` into one of the
+/// activation buffers unless one already holds `x` in the right format (Q, K and V
+/// share their input, and so do gate and up), and returns that buffer's index and the
+/// bytes of one token's activations. Callers reset `act_ty` whenever the input changes.
 fn ensure_act(
     act: &mut [Vec<u8>; ACT_SLOTS],
     act_ty: &mut [Option<GgmlType>; ACT_SLOTS],
     w: &WeightMatrix<'_>,
     x: &[f32],
+    tokens: usize,
 ) -> Result<(usize, usize), QuantError> {
     let ty = kernels::act_type(w.ty)?;
-    let n = kernels::act_bytes(ty, x.len());
+    let width = x.len() / tokens.max(1);
+    let n = kernels::act_bytes(ty, width);
     if let Some(slot) = act_ty.iter().position(|t| *t == Some(ty)) {
         return Ok((slot, n));
     }
@@ -358,9 +412,29 @@ fn ensure_act(
         .iter()
         .position(Option::is_none)
         .unwrap_or(ACT_SLOTS - 1);
-    kernels::quantize_act(ty, x, &mut act[slot][..n])?;
+    let have = act[slot].len();
+    let buf = act[slot]
+        .get_mut(..n * tokens)
+        .ok_or(QuantError::BadLength {
+            expected: n * tokens,
+            got: have,
+        })?;
+    for (xt, out) in x
+        .chunks_exact(width.max(1))
+        .zip(buf.chunks_exact_mut(n.max(1)))
+    {
+        kernels::quantize_act(ty, xt, out)?;
+    }
     act_ty[slot] = Some(ty);
     Ok((slot, n))
+}
+
+/// Calls `trace` once per token with that token's piece of `v`.
+fn trace_each(trace: fn(&str, usize, &[f32]), name: &str, l: usize, v: &[f32], tokens: usize) {
+    let width = v.len() / tokens.max(1);
+    for t in v.chunks_exact(width.max(1)).take(tokens) {
+        trace(name, l, t);
+    }
 }
 
 impl Model<'_> {
@@ -403,159 +477,203 @@ impl Model<'_> {
         // llama.cpp evaluates a call in micro-batches of up to 512 tokens, and a batch of
         // two or more runs its float products through a different kernel (rounding
         // differently) than a single token, and from eight tokens on its K-quant products
-        // too; follow the same split.
-        for (c, chunk) in tokens.chunks(UBATCH).enumerate() {
-            let batch = chunk.len();
-            for (i, &tok) in chunk.iter().enumerate() {
-                let last = c * UBATCH + i + 1 == tokens.len();
-                self.step(session, tok, last, batch, par)?;
-            }
+        // too; follow the same split. Each micro-batch goes through the layers together.
+        let chunks = tokens.len().div_ceil(UBATCH);
+        for (i, chunk) in tokens.chunks(UBATCH).enumerate() {
+            self.step(session, chunk, i + 1 == chunks, par)?;
         }
         Ok(&session.scratch.logits)
     }
 
-    /// One token through every layer; the output projection only when `logits` is set.
+    /// A batch of tokens through every layer; the output projection of the last one
+    /// only when `logits` is set.
     fn step(
         &self,
         session: &mut Session,
-        token: u32,
+        batch: &[u32],
         logits: bool,
-        batch: usize,
         par: &dyn Parallel,
     ) -> Result<(), EngineError> {
         let c = &self.config;
         let shape = &self.shape;
-        let pos = session.pos;
-        let mode = ops::DotOrder::for_batch(batch);
+        let b = batch.len();
+        let pos0 = session.pos;
+        let mode = ops::DotOrder::for_batch(b);
         let trace = session.trace.unwrap_or(|_, _, _| {});
+        session.scratch.reserve(c, b);
         let cache = &mut session.cache;
         let s = &mut session.scratch;
+        let (e, qd, kvd, rd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.rope_dims);
+        let x = &mut s.x[..b * e];
 
-        kernels::dequantize(
-            self.token_embd.ty,
-            self.token_embd.row(token as usize),
-            &mut s.x,
-        )?;
-        if c.embd_scale != 1.0 {
-            for v in s.x.iter_mut() {
-                *v *= c.embd_scale;
+        for (t, &token) in batch.iter().enumerate() {
+            let xt = &mut x[t * e..(t + 1) * e];
+            kernels::dequantize(self.token_embd.ty, self.token_embd.row(token as usize), xt)?;
+            if c.embd_scale != 1.0 {
+                for v in xt.iter_mut() {
+                    *v *= c.embd_scale;
+                }
             }
-        }
-        self.rope.fill_cache(pos, &mut s.rope);
-        if c.sliding_window > 0 {
-            self.rope_swa.fill_cache(pos, &mut s.rope_swa);
+            self.rope
+                .fill_cache(pos0 + t, &mut s.rope[t * rd..(t + 1) * rd]);
+            if c.sliding_window > 0 {
+                self.rope_swa
+                    .fill_cache(pos0 + t, &mut s.rope_swa[t * rd..(t + 1) * rd]);
+            }
         }
 
         for (l, layer) in self.layers.iter().enumerate() {
             let swa = c.is_swa(l);
+            let (x, xn) = (&mut s.x[..b * e], &mut s.xn[..b * e]);
+            let (q, k, v) = (&mut s.q[..b * qd], &mut s.k[..b * kvd], &mut s.v[..b * kvd]);
             // Attention.
-            self.norm(&layer.attn_norm, &s.x, &mut s.xn);
-            trace("attn_norm", l, &s.xn);
+            self.norm_each(&layer.attn_norm, x, xn, e);
+            trace_each(trace, "attn_norm", l, xn, b);
             s.act_ty = [None; ACT_SLOTS];
-            let (aq, nq) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wq.w, &s.xn)?;
-            let (ak, nk) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wk.w, &s.xn)?;
-            let (av, nv) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wv.w, &s.xn)?;
+            let (aq, nq) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wq.w, xn, b)?;
+            let (ak, nk) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wk.w, xn, b)?;
+            let (av, nv) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wv.w, xn, b)?;
             matmul_set(
                 &mut [
                     Product {
                         w: &layer.wq.w,
-                        x: &s.act[aq][..nq],
-                        out: &mut s.q,
+                        x: &s.act[aq][..nq * b],
+                        out: q,
                     },
                     Product {
                         w: &layer.wk.w,
-                        x: &s.act[ak][..nk],
-                        out: &mut s.k,
+                        x: &s.act[ak][..nk * b],
+                        out: k,
                     },
                     Product {
                         w: &layer.wv.w,
-                        x: &s.act[av][..nv],
-                        out: &mut s.v,
+                        x: &s.act[av][..nv * b],
+                        out: v,
                     },
                 ],
+                b,
+                &mut s.tmp,
                 par,
                 mode,
             )?;
-            add_bias(&mut s.q, &layer.wq);
-            add_bias(&mut s.k, &layer.wk);
-            add_bias(&mut s.v, &layer.wv);
-            trace("Qpre", l, &s.q);
-            trace("Kpre", l, &s.k);
-            trace("Vcur", l, &s.v);
+            add_bias(q, &layer.wq);
+            add_bias(k, &layer.wk);
+            add_bias(v, &layer.wv);
+            trace_each(trace, "Qpre", l, q, b);
+            trace_each(trace, "Kpre", l, k, b);
+            trace_each(trace, "Vcur", l, v, b);
 
             let (rope, rope_cache) = if swa {
                 (&self.rope_swa, &s.rope_swa)
             } else {
                 (&self.rope, &s.rope)
             };
-            head_norm(&mut s.q, layer.q_norm.as_deref(), c.head_dim, c.rms_eps);
-            head_norm(&mut s.k, layer.k_norm.as_deref(), c.head_dim, c.rms_eps);
-            for h in s.q.chunks_exact_mut(c.head_dim) {
-                rope.apply(h, rope_cache);
-            }
-            for h in s.k.chunks_exact_mut(c.head_dim) {
-                rope.apply(h, rope_cache);
+            head_norm(q, layer.q_norm.as_deref(), c.head_dim, c.rms_eps);
+            head_norm(k, layer.k_norm.as_deref(), c.head_dim, c.rms_eps);
+            for t in 0..b {
+                let rc = &rope_cache[t * rd..(t + 1) * rd];
+                for h in q[t * qd..(t + 1) * qd].chunks_exact_mut(c.head_dim) {
+                    rope.apply(h, rc);
+                }
+                for h in k[t * kvd..(t + 1) * kvd].chunks_exact_mut(c.head_dim) {
+                    rope.apply(h, rc);
+                }
             }
             if c.q_scale != 1.0 {
-                for v in s.q.iter_mut() {
+                for v in q.iter_mut() {
                     *v *= c.q_scale;
                 }
             }
-            trace("Kcur", l, &s.k);
+            trace_each(trace, "Kcur", l, k, b);
 
-            let first = if swa {
-                (pos + 1).saturating_sub(c.sliding_window)
-            } else {
-                0
-            };
-            self.attention(cache, s, l, pos, first, mode, trace, par);
-            trace("kqv_out", l, &s.attn);
+            // Token by token: each sees the cache up to and including itself.
+            for t in 0..b {
+                let pos = pos0 + t;
+                let first = if swa {
+                    (pos + 1).saturating_sub(c.sliding_window)
+                } else {
+                    0
+                };
+                self.attention(
+                    cache,
+                    AttnIo {
+                        q: &q[t * qd..(t + 1) * qd],
+                        k: &k[t * kvd..(t + 1) * kvd],
+                        v: &v[t * kvd..(t + 1) * kvd],
+                        out: &mut s.attn[t * qd..(t + 1) * qd],
+                        heads: &mut s.heads,
+                    },
+                    l,
+                    pos,
+                    first,
+                    mode,
+                    trace,
+                    par,
+                );
+            }
+            let attn = &s.attn[..b * qd];
+            trace_each(trace, "kqv_out", l, attn, b);
+            let proj = &mut s.proj[..b * e];
             s.act_ty = [None; ACT_SLOTS];
-            let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wo.w, &s.attn)?;
-            matmul_ordered(&layer.wo.w, &s.act[a][..n], &mut s.proj, par, mode)?;
-            add_bias(&mut s.proj, &layer.wo);
-            trace("attn_out", l, &s.proj);
+            let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &layer.wo.w, attn, b)?;
+            matmul_set(
+                &mut [Product {
+                    w: &layer.wo.w,
+                    x: &s.act[a][..n * b],
+                    out: proj,
+                }],
+                b,
+                &mut s.tmp,
+                par,
+                mode,
+            )?;
+            add_bias(proj, &layer.wo);
+            trace_each(trace, "attn_out", l, proj, b);
             if let Some(post) = &layer.attn_post_norm {
-                self.norm_in_place(post, &mut s.proj, &mut s.xn);
+                self.norm_each_in_place(post, proj, xn, e);
             }
 
             if shape.parallel {
                 // The feed-forward reads the same normalised input as attention (`xn`
                 // may have served as scratch since, so it is recomputed), and llama.cpp
                 // adds (attention + feed-forward) to the residual.
-                self.norm(&layer.attn_norm, &s.x, &mut s.xn);
-                self.ffn(layer, s, mode, par)?;
-                trace("ffn_out", l, &s.ffn);
-                for ((x, &p), &f) in s.x.iter_mut().zip(&s.proj).zip(&s.ffn) {
+                self.norm_each(&layer.attn_norm, x, xn, e);
+                self.ffn(layer, s, b, mode, par)?;
+                let (x, proj, ffn) = (&mut s.x[..b * e], &s.proj[..b * e], &s.ffn[..b * e]);
+                trace_each(trace, "ffn_out", l, ffn, b);
+                for ((x, &p), &f) in x.iter_mut().zip(proj).zip(ffn) {
                     *x += p + f;
                 }
             } else {
-                for (x, &p) in s.x.iter_mut().zip(&s.proj) {
+                for (x, &p) in x.iter_mut().zip(proj.iter()) {
                     *x += p;
                 }
-                trace("ffn_inp", l, &s.x);
+                trace_each(trace, "ffn_inp", l, x, b);
                 if let Some(n) = &layer.ffn_norm {
-                    self.norm(n, &s.x, &mut s.xn);
+                    self.norm_each(n, x, xn, e);
                 }
-                trace("ffn_norm", l, &s.xn);
-                self.ffn(layer, s, mode, par)?;
-                trace("ffn_out", l, &s.ffn);
+                trace_each(trace, "ffn_norm", l, xn, b);
+                self.ffn(layer, s, b, mode, par)?;
+                let (x, xn, ffn) = (&mut s.x[..b * e], &mut s.xn[..b * e], &mut s.ffn[..b * e]);
+                trace_each(trace, "ffn_out", l, ffn, b);
                 if let Some(post) = &layer.ffn_post_norm {
-                    self.norm_in_place(post, &mut s.ffn, &mut s.xn);
+                    self.norm_each_in_place(post, ffn, xn, e);
                 }
-                for (x, &p) in s.x.iter_mut().zip(&s.ffn) {
+                for (x, &p) in x.iter_mut().zip(ffn.iter()) {
                     *x += p;
                 }
             }
-            trace("l_out", l, &s.x);
+            trace_each(trace, "l_out", l, &s.x[..b * e], b);
         }
 
-        session.tokens.push(token);
-        session.pos += 1;
+        session.tokens.extend_from_slice(batch);
+        session.pos += b;
         if logits {
-            self.norm(&self.output_norm, &s.x, &mut s.xn);
+            let last = &s.x[(b - 1) * e..b * e];
+            let xn = &mut s.xn[..e];
+            self.norm(&self.output_norm, last, xn);
             s.act_ty = [None; ACT_SLOTS];
-            let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &self.output, &s.xn)?;
+            let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &self.output, xn, 1)?;
             // Only the last position's logits are computed, one row: single-token rounding.
             matmul(&self.output, &s.act[a][..n], &mut s.logits, par)?;
             if let Some(b) = &self.output_bias {
@@ -584,76 +702,110 @@ impl Model<'_> {
         }
     }
 
-    /// The family's norm of `x` in place (`tmp` is scratch of the same length).
-    fn norm_in_place(&self, n: &Norm, x: &mut [f32], tmp: &mut [f32]) {
-        self.norm(n, x, tmp);
+    /// The family's norm of each `width`-long vector of `x` into `out`.
+    fn norm_each(&self, n: &Norm, x: &[f32], out: &mut [f32], width: usize) {
+        for (xt, ot) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+            self.norm(n, xt, ot);
+        }
+    }
+
+    /// [`Model::norm_each`] in place (`tmp` is scratch of the same length).
+    fn norm_each_in_place(&self, n: &Norm, x: &mut [f32], tmp: &mut [f32], width: usize) {
+        self.norm_each(n, x, tmp, width);
         x.copy_from_slice(tmp);
     }
 
-    /// The feed-forward of `layer` on `s.xn`, into `s.ffn`.
+    /// The feed-forward of `layer` on the `b` tokens of `s.xn`, into `s.ffn`.
     fn ffn(
         &self,
         layer: &crate::model::Layer<'_>,
         s: &mut Scratch,
+        b: usize,
         mode: ops::DotOrder,
         par: &dyn Parallel,
     ) -> Result<(), EngineError> {
+        let c = &self.config;
+        let xn = &s.xn[..b * c.n_embd];
+        let gate_out = &mut s.gate[..b * c.n_ff];
+        let up_out = &mut s.up[..b * c.n_ff];
         s.act_ty = [None; ACT_SLOTS];
         match (&layer.w_gate, self.shape.ffn) {
             (Some(gate), FfnKind::SwiGlu | FfnKind::GeGlu) => {
-                let (ag, ng) = ensure_act(&mut s.act, &mut s.act_ty, &gate.w, &s.xn)?;
-                let (au, nu) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_up.w, &s.xn)?;
+                let (ag, ng) = ensure_act(&mut s.act, &mut s.act_ty, &gate.w, xn, b)?;
+                let (au, nu) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_up.w, xn, b)?;
                 matmul_set(
                     &mut [
                         Product {
                             w: &gate.w,
-                            x: &s.act[ag][..ng],
-                            out: &mut s.gate,
+                            x: &s.act[ag][..ng * b],
+                            out: gate_out,
                         },
                         Product {
                             w: &layer.w_up.w,
-                            x: &s.act[au][..nu],
-                            out: &mut s.up,
+                            x: &s.act[au][..nu * b],
+                            out: up_out,
                         },
                     ],
+                    b,
+                    &mut s.tmp,
                     par,
                     mode,
                 )?;
-                add_bias(&mut s.gate, gate);
-                add_bias(&mut s.up, &layer.w_up);
+                add_bias(gate_out, gate);
+                add_bias(up_out, &layer.w_up);
                 if self.shape.ffn == FfnKind::SwiGlu {
-                    for (g, &u) in s.gate.iter_mut().zip(&s.up) {
+                    for (g, &u) in gate_out.iter_mut().zip(up_out.iter()) {
                         *g = ops::silu(*g) * u;
                     }
                 } else {
-                    for (g, &u) in s.gate.iter_mut().zip(&s.up) {
+                    for (g, &u) in gate_out.iter_mut().zip(up_out.iter()) {
                         *g = ops::gelu(*g) * u;
                     }
                 }
             }
             _ => {
-                let (au, nu) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_up.w, &s.xn)?;
-                matmul_ordered(&layer.w_up.w, &s.act[au][..nu], &mut s.gate, par, mode)?;
-                add_bias(&mut s.gate, &layer.w_up);
-                for g in s.gate.iter_mut() {
+                let (au, nu) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_up.w, xn, b)?;
+                matmul_set(
+                    &mut [Product {
+                        w: &layer.w_up.w,
+                        x: &s.act[au][..nu * b],
+                        out: gate_out,
+                    }],
+                    b,
+                    &mut s.tmp,
+                    par,
+                    mode,
+                )?;
+                add_bias(gate_out, &layer.w_up);
+                for g in gate_out.iter_mut() {
                     *g = ops::gelu(*g);
                 }
             }
         }
         s.act_ty = [None; ACT_SLOTS];
-        let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_down.w, &s.gate)?;
-        matmul_ordered(&layer.w_down.w, &s.act[a][..n], &mut s.ffn, par, mode)?;
-        add_bias(&mut s.ffn, &layer.w_down);
+        let (a, n) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_down.w, gate_out, b)?;
+        matmul_set(
+            &mut [Product {
+                w: &layer.w_down.w,
+                x: &s.act[a][..n * b],
+                out: &mut s.ffn[..b * c.n_embd],
+            }],
+            b,
+            &mut s.tmp,
+            par,
+            mode,
+        )?;
+        add_bias(&mut s.ffn[..b * c.n_embd], &layer.w_down);
         Ok(())
     }
 
     /// Stores this position's K and V (rounded to f16) and computes every head's
-    /// attention over positions `first..=pos` into `s.attn`.
+    /// attention over positions `first..=pos` into `io.out`.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         cache: &mut KvCache,
-        s: &mut Scratch,
+        io: AttnIo<'_>,
         l: usize,
         pos: usize,
         first: usize,
@@ -664,13 +816,13 @@ impl Model<'_> {
         let c = &self.config;
         let hd = c.head_dim;
         let k0 = cache.k_at(l, pos);
-        for (dst, &src) in cache.k[k0..k0 + c.kv_dim()].iter_mut().zip(&s.k) {
+        for (dst, &src) in cache.k[k0..k0 + c.kv_dim()].iter_mut().zip(io.k) {
             *dst = f16::from_f32(src);
         }
         for kvh in 0..c.n_head_kv {
             for d in 0..hd {
                 let r = cache.v_row(l, kvh, d);
-                cache.v[r + pos] = f16::from_f32(s.v[kvh * hd + d]);
+                cache.v[r + pos] = f16::from_f32(io.v[kvh * hd + d]);
             }
         }
 
@@ -687,25 +839,29 @@ impl Model<'_> {
             mode,
             trace,
         };
-        let workers = par.threads().min(c.n_head);
+        let workers = par.threads().min(c.n_head).min(MAX_ATTENTION_WORKERS);
         if workers > 1 && n_kv * c.n_head >= PARALLEL_ATTENTION_MIN {
-            while s.heads.0.len() < workers {
-                s.heads
+            while io.heads.0.len() < workers {
+                io.heads
                     .0
                     .push(spin::Mutex::new(HeadScratch::new(cache_r.capacity, hd)));
             }
-            // Contiguous head ranges per worker, each with its slice of the output.
-            let mut parts: Vec<spin::Mutex<(usize, &mut [f32])>> = Vec::with_capacity(workers);
-            let mut rest: &mut [f32] = &mut s.attn;
-            for i in 0..workers {
+            // Contiguous head ranges per worker, each with its slice of the output (on
+            // the stack: nothing is allocated per token).
+            let parts: [spin::Mutex<(usize, &mut [f32])>; MAX_ATTENTION_WORKERS] =
+                core::array::from_fn(|_| spin::Mutex::new((0, &mut [][..])));
+            let mut rest: &mut [f32] = io.out;
+            for (i, part) in parts.iter().take(workers).enumerate() {
                 let r = split_range(c.n_head, workers, i);
                 let (head, tail) = rest.split_at_mut(r.len() * hd);
-                parts.push(spin::Mutex::new((r.start, head)));
+                *part.lock() = (r.start, head);
                 rest = tail;
             }
-            let (q, heads) = (&s.q, &s.heads.0);
+            let (q, heads) = (io.q, &io.heads.0);
             par.run(&|i| {
-                if let (Some(part), Some(scratch)) = (parts.get(i), heads.get(i)) {
+                if let (Some(part), Some(scratch)) =
+                    (parts.get(i).filter(|_| i < workers), heads.get(i))
+                {
                     let mut part = part.lock();
                     let first = part.0;
                     let mut scratch = scratch.lock();
@@ -716,19 +872,34 @@ impl Model<'_> {
                 }
             });
         } else {
-            let mut scratch = s.heads.0[0].lock();
-            for (h, out) in s.attn.chunks_exact_mut(hd).enumerate() {
-                job.head(h, &s.q[h * hd..(h + 1) * hd], out, &mut scratch);
+            let mut scratch = io.heads.0[0].lock();
+            for (h, out) in io.out.chunks_exact_mut(hd).enumerate() {
+                job.head(h, &io.q[h * hd..(h + 1) * hd], out, &mut scratch);
             }
         }
     }
 }
 
-/// Adds a projection's bias, if it has one (a separate rounding, as ggml's add).
+/// Most workers one position's attention is split over (the split is on the stack).
+const MAX_ATTENTION_WORKERS: usize = 64;
+
+/// One token's inputs and output for [`Model::attention`].
+struct AttnIo<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    out: &'a mut [f32],
+    heads: &'a mut HeadScratches,
+}
+
+/// Adds a projection's bias to each token's output, if it has one (a separate
+/// rounding, as ggml's add).
 fn add_bias(out: &mut [f32], lin: &Linear<'_>) {
-    if let Some(b) = &lin.bias {
-        for (o, &v) in out.iter_mut().zip(b) {
-            *o += v;
+    if let Some(b) = lin.bias.as_deref().filter(|b| !b.is_empty()) {
+        for o in out.chunks_exact_mut(b.len()) {
+            for (o, &v) in o.iter_mut().zip(b) {
+                *o += v;
+            }
         }
     }
 }

@@ -75,6 +75,10 @@ pub type QuantizeFn = fn(src: &[f32], dst: &mut [u8]);
 /// whole blocks both hold (lengths pre-checked).
 pub type VecDotFn = fn(weights: &[u8], activations: &[u8]) -> f32;
 
+/// One weight row against four activation rows: the four results of the type's
+/// [`Kernels::vec_dot`], bit for bit, with the weight row unpacked once.
+pub type VecDot4Fn = fn(weights: &[u8], activations: [&[u8]; 4]) -> [f32; 4];
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
@@ -208,6 +212,12 @@ pub fn active_kernel_set() -> &'static str {
 /// debugging; process-wide. Tables fetched earlier keep the functions they hold.
 pub fn force_scalar(on: bool) {
     simd::set_force_scalar(on);
+}
+
+/// The four-row form of `kernels(ty)?.vec_dot` where the active kernel set has one (AVX2
+/// kernels for Q4_1 and Q5_0 so far); `None` otherwise, and under [`force_scalar`].
+pub fn vec_dot4(ty: GgmlType) -> Option<VecDot4Fn> {
+    simd::vec_dot4(ty)
 }
 
 /// The SIMD kernels of `ty` if this CPU has a SIMD set covering it, regardless of

@@ -39,6 +39,10 @@ mod backend {
     pub(super) fn act_quantizer(_: GgmlType) -> Option<QuantizeFn> {
         None
     }
+
+    pub(super) fn vec_dot4(_: GgmlType) -> Option<crate::VecDot4Fn> {
+        None
+    }
 }
 
 /// Set by [`crate::force_scalar`]: ignore the SIMD set even where the CPU has it. Starts
@@ -96,4 +100,12 @@ pub(crate) fn simd_act_quantizer(ty: GgmlType) -> Option<QuantizeFn> {
     } else {
         None
     }
+}
+
+/// The SIMD four-row dot product of `ty`, if a SIMD set is usable right now and has one.
+pub(crate) fn vec_dot4(ty: GgmlType) -> Option<crate::VecDot4Fn> {
+    if FORCE_SCALAR.load(Ordering::Relaxed) || !backend::available() {
+        return None;
+    }
+    backend::vec_dot4(ty)
 }

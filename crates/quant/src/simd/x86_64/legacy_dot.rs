@@ -82,6 +82,40 @@ fn q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc) + lane1(summs)
 }
 
+/// [`q4_1_q8_1`] of one weight row with four activation rows: each block is unpacked
+/// once and the four rows go through exactly the operations `q4_1_q8_1` applies, in the
+/// same order, so every result has the same bits as four separate calls.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_q8_1_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut summs = [_mm_setzero_ps(); 4];
+    let mut ys = a.map(blocks::<Q8_1_BYTES>);
+    for x in blocks::<Q4_1_BYTES>(w) {
+        let xs = f16_pair(sub(x, 0));
+        let nib = nibbles32(sub(x, 4));
+        for ((it, acc), summs) in ys.iter_mut().zip(acc.iter_mut()).zip(summs.iter_mut()) {
+            let Some(y) = it.next() else { continue };
+            let ys = f16_pair(sub(y, 0));
+            let d = lane0(_mm_mul_ps(xs, ys));
+            *summs = _mm_fmadd_ps(xs, ys, *summs);
+            let q = unsigned_dot(nib, load256(sub(y, 4)));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), *acc);
+        }
+    }
+    [0, 1, 2, 3].map(|t| hsum_ps(acc[t]) + lane1(summs[t]))
+}
+
+/// Safe entry of [`q4_1_q8_1_x4`] (four scalar calls without AVX2).
+pub(crate) fn dot4_q4_1_q8_1(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    if !super::available() {
+        return a.map(|a| scalar::dot_q4_1_q8_1(w, a));
+    }
+    // SAFETY: `available()` confirmed AVX2, FMA and F16C on this CPU and YMM state support
+    // in the OS, the features the kernel is compiled for; it reads only through checked
+    // slices.
+    unsafe { q4_1_q8_1_x4(w, a) }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
@@ -92,6 +126,34 @@ fn q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), acc);
     }
     hsum_ps(acc)
+}
+
+/// [`q5_0_q8_0`] of one weight row with four activation rows, each going through the
+/// same operations in the same order (see [`q4_1_q8_1_x4`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut ys = a.map(blocks::<Q8_0_BYTES>);
+    for x in blocks::<Q5_0_BYTES>(w) {
+        let xd = f16_pair(sub(x, 0));
+        let u = five_bit_levels(sub(x, 6), sub(x, 2));
+        for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
+            let Some(y) = it.next() else { continue };
+            let d = lane0(_mm_mul_ps(xd, f16_pair(sub(y, 0))));
+            let q = offset_dot(u, load256(sub(y, 2)), 16);
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), *acc);
+        }
+    }
+    acc.map(|v| hsum_ps(v))
+}
+
+/// Safe entry of [`q5_0_q8_0_x4`] (four scalar calls without AVX2).
+pub(crate) fn dot4_q5_0_q8_0(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    if !super::available() {
+        return a.map(|a| scalar::dot_q5_0_q8_0(w, a));
+    }
+    // SAFETY: as in `dot4_q4_1_q8_1`.
+    unsafe { q5_0_q8_0_x4(w, a) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -101,6 +101,15 @@ table!(Q4_K, kquant_dot::dot_q4_k_q8_k);
 table!(Q5_K, kquant_dot::dot_q5_k_q8_k);
 table!(Q6_K, kquant_dot::dot_q6_k_q8_k);
 
+/// The AVX2 four-row kernel of `ty`, where there is one. Callers check [`available`].
+pub(super) fn vec_dot4(ty: GgmlType) -> Option<crate::VecDot4Fn> {
+    match ty {
+        GgmlType::Q4_1 => Some(legacy_dot::dot4_q4_1_q8_1),
+        GgmlType::Q5_0 => Some(legacy_dot::dot4_q5_0_q8_0),
+        _ => None,
+    }
+}
+
 /// The AVX2 kernels of `ty`. Callers check [`available`] first.
 pub(super) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
     use GgmlType as T;
