@@ -38,6 +38,9 @@ const TESTS: &[(&str, TestFn)] = &[
     ("edit_distance", test_edit_distance),
     ("symbols", test_symbols),
     ("cmdline", test_cmdline),
+    ("manifest", test_manifest),
+    ("settings", test_settings),
+    ("latency_stats", test_latency_stats),
 ];
 
 /// Runs every test; true when all passed.
@@ -383,5 +386,97 @@ fn test_cmdline() -> Result<(), String> {
     check(o.test && o.nosmp && !o.panic_test, || format!("{o:?}"))?;
     check(Options::parse("") == Options::default(), || {
         "empty line".into()
+    })?;
+    // GRUB quotes a whole argument that has spaces; by hand only the value is quoted.
+    for line in [
+        r#"quiet "exec=models; load tiny" model=tiny threads=2"#,
+        r#"quiet exec="models; load tiny" model=tiny threads=2"#,
+    ] {
+        let o = Options::parse(line);
+        check(
+            o.quiet
+                && o.exec == Some("models; load tiny")
+                && o.model == Some("tiny")
+                && o.threads == Some(2),
+            || format!("{line}: {o:?}"),
+        )?;
+    }
+    let o = Options::parse("threads=0 model=");
+    check(
+        o.threads.is_none() && o.bad_threads == Some("0") && o.model.is_none(),
+        || format!("{o:?}"),
+    )
+}
+
+fn test_manifest() -> Result<(), String> {
+    use crate::models::{parse_manifest, ManifestError};
+    let digest = "ab".repeat(32);
+    let text = alloc::format!(
+        "# comment\n\ntiny tiny.gguf 123 {digest} default\nbig big.gguf 9 {digest} -\n"
+    );
+    let list = parse_manifest(&text).map_err(|e| alloc::format!("{e}"))?;
+    check(
+        list.len() == 2
+            && list[0].name == "tiny"
+            && list[0].size == 123
+            && list[0].default
+            && !list[1].default
+            && list[1].sha256 == digest,
+        || alloc::format!("{list:?}"),
+    )?;
+    check(
+        parse_manifest("a b 1 xyz -") == Err(ManifestError::BadDigest { line: 1 }),
+        || "a short digest was accepted".into(),
+    )?;
+    check(
+        parse_manifest(&alloc::format!("a b 1 {digest} maybe"))
+            == Err(ManifestError::BadFlag { line: 1 }),
+        || "a bad flag was accepted".into(),
+    )?;
+    check(
+        parse_manifest("a b") == Err(ManifestError::MissingFields { line: 1 }),
+        || "a short line was accepted".into(),
+    )
+}
+
+fn test_settings() -> Result<(), String> {
+    use crate::infer::{SetError, Settings};
+    let mut s = Settings::default();
+    s.set("temp", "0.5").map_err(|e| alloc::format!("{e}"))?;
+    s.set("top_k", "7").map_err(|e| alloc::format!("{e}"))?;
+    check(
+        s.get("temp").as_deref() == Some("0.5") && s.get("top_k").as_deref() == Some("7"),
+        || alloc::format!("{s:?}"),
+    )?;
+    check(
+        matches!(s.set("bogus", "1"), Err(SetError::UnknownKey(_))),
+        || "unknown key accepted".into(),
+    )?;
+    for (k, v) in [
+        ("temp", "-1"),
+        ("temp", "nan"),
+        ("top_p", "1.5"),
+        ("max_tokens", "0"),
+        ("threads", "0"),
+        ("seed", "x"),
+    ] {
+        check(
+            matches!(s.set(k, v), Err(SetError::BadValue { .. })),
+            || alloc::format!("{k} = {v} accepted"),
+        )?;
+    }
+    check(s.get("nope").is_none(), || "get of an unknown key".into())
+}
+
+fn test_latency_stats() -> Result<(), String> {
+    use crate::infer::{percentile, stddev};
+    let v: Vec<f64> = (1..=100).map(f64::from).collect();
+    check(
+        percentile(&v, 0.5) == 50.0 && percentile(&v, 0.99) == 99.0 && percentile(&[], 0.5) == 0.0,
+        || "percentiles".into(),
+    )?;
+    let sd = stddev(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+    check((sd - 2.138).abs() < 1e-3 && stddev(&[1.0]) == 0.0, || {
+        alloc::format!("stddev {sd}")
     })
 }

@@ -16,11 +16,16 @@ pub mod console;
 pub mod arch;
 pub mod cmdline;
 pub mod drivers;
+pub mod httpd;
+pub mod infer;
 pub mod ktest;
 pub mod line_editor;
 pub mod mem;
+pub mod models;
+pub mod net;
 pub mod parallel;
 pub mod shell;
+pub mod storage;
 
 use arch::x86_64 as cpu;
 
@@ -39,13 +44,15 @@ pub fn kmain(mb_magic: u32, mb_info: u32) -> ! {
         options.test || options.panic_test || options.fault_test || options.overflow_test,
     );
     cpu::init_bsp(&boot, !options.nosmp);
-    println!(
-        "memory: {} MiB usable, heap {} MiB, {} CPU(s) online, TSC {} MHz",
-        mem::stats().usable_bytes >> 20,
-        mem::stats().heap_total >> 20,
-        cpu::smp::online_cpus(),
-        cpu::time::tsc_khz() / 1000,
-    );
+    if !options.quiet {
+        println!(
+            "memory: {} MiB usable, heap {} MiB, {} CPU(s) online, TSC {} MHz",
+            mem::stats().usable_bytes >> 20,
+            mem::stats().heap_total >> 20,
+            cpu::smp::online_cpus(),
+            cpu::time::tsc_khz() / 1000,
+        );
+    }
     if options.panic_test {
         ktest::deliberate_panic();
     }
@@ -59,7 +66,9 @@ pub fn kmain(mb_magic: u32, mb_info: u32) -> ! {
         let ok = ktest::run_all();
         cpu::exit_qemu(ok);
     }
-    shell::run(&boot)
+    net::init(boot.cmdline.as_str());
+    storage::init(options.quiet);
+    shell::run(&boot, &options)
 }
 
 #[panic_handler]

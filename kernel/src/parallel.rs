@@ -1,37 +1,62 @@
-//! The worker pool over all online CPUs, behind the same `Parallel` interface the
-//! inference engine uses (`embodios_engine::parallel::Parallel`: `threads` + `run`).
+//! The kernel's implementations of the inference engine's host interfaces: the
+//! `Parallel` worker pool over the online CPUs and the `Clock` on the TSC.
 
-use crate::arch::x86_64::smp;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// Runs a job on several workers at once (same shape as the engine's trait).
-pub trait Parallel: Sync {
-    /// How many workers `run` uses (at least 1).
-    fn threads(&self) -> usize;
-    /// Calls `job(i)` for every `i` in `0..threads()`, concurrently, and returns when all
-    /// calls have returned.
-    fn run(&self, job: &(dyn Fn(usize) + Sync));
+pub use embodios_engine::parallel::split_range;
+pub use embodios_engine::{Clock, Parallel};
+
+use crate::arch::x86_64::{smp, time};
+
+/// Cap on the workers the pool uses (`threads=` / `set threads`); 0 means every
+/// online CPU.
+static THREAD_LIMIT: AtomicUsize = AtomicUsize::new(0);
+
+/// Limits the pool to `n` workers (0: no limit).
+pub fn set_thread_limit(n: usize) {
+    THREAD_LIMIT.store(n, Ordering::Relaxed);
 }
 
-/// Every online CPU; worker 0 is the calling (boot) processor.
+/// Workers the pool uses now: the online CPUs, capped by the limit.
+pub fn threads() -> usize {
+    let online = smp::online_cpus().max(1);
+    match THREAD_LIMIT.load(Ordering::Relaxed) {
+        0 => online,
+        n => n.min(online),
+    }
+}
+
+/// The online CPUs (worker 0 is the calling boot processor), capped by the thread
+/// limit in force when the pool is used.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuPool;
 
 impl Parallel for CpuPool {
     fn threads(&self) -> usize {
-        smp::online_cpus()
+        threads()
     }
 
     fn run(&self, job: &(dyn Fn(usize) + Sync)) {
-        smp::run_on_all(job);
+        let n = threads();
+        if n == 1 {
+            job(0);
+            return;
+        }
+        // Every online CPU wakes for a pool job; those past the limit do nothing.
+        smp::run_on_all(&|i| {
+            if i < n {
+                job(i)
+            }
+        });
     }
 }
 
-/// The half-open range of `0..n` that worker `index` of `workers` handles.
-pub fn split_range(n: usize, workers: usize, index: usize) -> core::ops::Range<usize> {
-    let workers = workers.max(1);
-    let base = n / workers;
-    let extra = n % workers;
-    let start = index * base + index.min(extra);
-    let len = base + usize::from(index < extra);
-    start..(start + len).min(n)
+/// Microseconds since boot from the calibrated TSC.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TscClock;
+
+impl Clock for TscClock {
+    fn now_us(&self) -> u64 {
+        time::uptime_us()
+    }
 }

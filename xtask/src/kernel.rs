@@ -689,6 +689,9 @@ fn test_in_kernel(iso: &Path) -> Result<(), String> {
             "edit_distance",
             "symbols",
             "cmdline",
+            "manifest",
+            "settings",
+            "latency_stats",
         ] {
             if !out.contains(&format!("test {name} ... ok")) {
                 return Err(format!("test {name} did not pass"));
@@ -992,7 +995,27 @@ struct TestModels {
     tiny: PathBuf,
     truncated: PathBuf,
     junk: PathBuf,
+    /// A valid GGUF file whose architecture the engine does not run.
+    foreign: PathBuf,
     smollm2: PathBuf,
+}
+
+/// A minimal GGUF v3 file: no tensors, one key (`general.architecture` = `arch`),
+/// padded to the default 32-byte alignment.
+fn foreign_arch_gguf(arch: &str) -> Vec<u8> {
+    let key = "general.architecture";
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // key-value pairs
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(&8u32.to_le_bytes()); // string
+    b.extend_from_slice(&(arch.len() as u64).to_le_bytes());
+    b.extend_from_slice(arch.as_bytes());
+    b.resize(b.len().next_multiple_of(32), 0);
+    b
 }
 
 fn test_models() -> Result<TestModels, String> {
@@ -1019,10 +1042,14 @@ fn test_models() -> Result<TestModels, String> {
     let junk = dir.join("not-gguf.gguf");
     std::fs::write(&junk, "this is a text file, not a GGUF model\n".repeat(100))
         .map_err(|e| format!("writing {}: {e}", junk.display()))?;
+    let foreign = dir.join("foreign-arch.gguf");
+    std::fs::write(&foreign, foreign_arch_gguf("mamba"))
+        .map_err(|e| format!("writing {}: {e}", foreign.display()))?;
     Ok(TestModels {
         tiny,
         truncated,
         junk,
+        foreign,
         smollm2,
     })
 }
@@ -1097,7 +1124,8 @@ pub struct ModelRun {
 /// a non-GGUF module; an `exec=` script checks the registry commands, greedy output
 /// equal to the host CLI's (tiny: 64 tokens on 2 and on 1 core; SmolLM2: 2 tokens),
 /// settings errors, `bench --json`, `verify`, load/switch/unload with memory returned;
-/// then `talk` over serial (KV cache reuse between turns, /reset) and Ctrl-C.
+/// then `talk` over serial (KV cache reuse between turns, /reset) and Ctrl-C; then a
+/// boot with too little memory for SmolLM2.
 fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
     let m = test_models()?;
     const TINY_PROMPT: &str = "Once upon a time";
@@ -1122,6 +1150,7 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
         "load trunc".into(),
         "load junk".into(),
         "load nope".into(),
+        "load foreign".into(),
         "bench --json".into(),
         "verify tiny".into(),
         "load smollm2".into(),
@@ -1156,6 +1185,10 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
             ModelFile {
                 name: "junk".into(),
                 path: m.junk.clone(),
+            },
+            ModelFile {
+                name: "foreign".into(),
+                path: m.foreign.clone(),
             },
         ],
         default_model: Some("tiny".into()),
@@ -1193,6 +1226,7 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
             ("smollm2", &["llama", "134.5M", "Q4_1", "available"][..]),
             ("trunc", &["unusable: not a valid GGUF file"][..]),
             ("junk", &["unusable: not a valid GGUF file"][..]),
+            ("foreign", &["mamba", "available"][..]),
         ] {
             expect_in(&row(name), &format!("models ({name})"), wants)?;
         }
@@ -1269,6 +1303,11 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
             output_of(&secs, "load nope", 0)?,
             "load nope",
             &["no model named `nope`"],
+        )?;
+        expect_in(
+            output_of(&secs, "load foreign", 0)?,
+            "load foreign",
+            &["cannot load `foreign`: architecture `mamba` is not supported"],
         )?;
         let bench = output_of(&secs, "bench --json", 0)?;
         let line = bench
@@ -1380,7 +1419,7 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
                 "p99",
                 "stddev",
                 "cores used:       2",
-                "session: 7 generations",
+                "session: 4 generations",
             ],
         )?;
         expect_in(
@@ -1447,7 +1486,66 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
             smollm2_line,
         })
     })();
-    with_log("model session", &s, r)
+    let run = with_log("model session", &s, r)?;
+    drop(s);
+    test_low_memory(elf, &m)?;
+    Ok(run)
+}
+
+/// Too little memory: with 160 MiB of RAM, SmolLM2's module leaves a heap too small for
+/// its KV cache and buffers; `load` refuses with the sizes and the tiny model still loads.
+fn test_low_memory(elf: &Path, m: &TestModels) -> Result<(), String> {
+    let spec = IsoSpec {
+        entry: Entry::Normal,
+        timeout: 0,
+        models: vec![
+            ModelFile {
+                name: "smollm2".into(),
+                path: m.smollm2.clone(),
+            },
+            ModelFile {
+                name: "tiny".into(),
+                path: m.tiny.clone(),
+            },
+        ],
+        default_model: None,
+        custom: Some("quiet exec=\"load smollm2; load tiny; models\"".into()),
+    };
+    let iso = target_dir().join("iso/embodios-lowmem.iso");
+    make_iso_with(elf, &iso, &spec)?;
+    let mut opts = tcg(&iso, Firmware::Bios);
+    opts.mem = "160M".into();
+    let mut s = Session::spawn(&opts)?;
+    let r = (|| {
+        s.wait_for("exec: done", BOOT_TIMEOUT)?;
+        let out = s.output();
+        let secs = sections(&out);
+        expect_in(
+            output_of(&secs, "load smollm2", 0)?,
+            "load smollm2",
+            &[
+                "not enough memory to load `smollm2`: it needs",
+                "KiB are free",
+            ],
+        )?;
+        expect_in(
+            output_of(&secs, "load tiny", 0)?,
+            "load tiny",
+            &["loaded `tiny`"],
+        )?;
+        let models = output_of(&secs, "models", 0)?;
+        if !models
+            .lines()
+            .any(|l| l.starts_with("smollm2 ") && l.ends_with("available"))
+            || !models
+                .lines()
+                .any(|l| l.starts_with("tiny ") && l.contains("loaded, active"))
+        {
+            return Err(format!("after the refused load:\n{models}"));
+        }
+        Ok(())
+    })();
+    with_log("low-memory load", &s, r)
 }
 
 /// `cargo +nightly fmt --check` and clippy (warnings are errors) on the kernel, which

@@ -3,8 +3,11 @@
 
 mod bench;
 mod deps;
+mod disk;
+mod disk_test;
 mod kernel;
 mod models;
+mod net_test;
 mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +17,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  run [--model NAME]          fetch the default model and chat with it (host CLI)
+  run [--model NAME|FILE]… [run-kernel options]
+                              boot EMBODIOS in QEMU with the default model (fetched
+                              first) loaded and active, straight into the console
+  chat [--model NAME]         fetch a model and chat with it in the host CLI
   test                        run every test of the project (installs what it needs)
   build                       build the host CLI (release) and the kernel
   fetch-model [NAME]          download, verify and cache a model; prints its path last
@@ -32,6 +38,13 @@ commands:
                               panic backtrace, shell session, SeaBIOS and OVMF boots
   kernel-boot-time [--runs N] [--uefi]
                               median QEMU-start-to-prompt time (TCG)
+  net-test                    kernel networking in QEMU: virtio-net, e1000, e1000e;
+                              lspci, ping, DHCP/static, HTTP API incl. generation
+  disk --model FILE... [--fat16] --out IMG
+                              raw disk image: GPT + FAT32 (or MBR + FAT16) with the
+                              models (and .sha256 files) under /models
+  disk-test                   kernel storage in QEMU: NVMe and virtio-blk, GPT/MBR,
+                              FAT32/FAT16, ls, load from disk, corrupted models refused
 ";
 
 fn main() -> ExitCode {
@@ -40,6 +53,7 @@ fn main() -> ExitCode {
         Some("fetch-model") => cmd_fetch_model(&args[1..]),
         Some("test") => cmd_test(&args[1..]),
         Some("run") => cmd_run(&args[1..]),
+        Some("chat") => cmd_chat(&args[1..]),
         Some("build") => cargo(&["build", "--release", "--bin", "embodios"])
             .and_then(|()| kernel::cmd_build(&args[1..])),
         Some("fuzz") => cmd_fuzz(&args[1..]),
@@ -49,6 +63,9 @@ fn main() -> ExitCode {
         Some("run-kernel" | "qemu") => kernel::cmd_run(&args[1..]),
         Some("kernel-test") => kernel::cmd_test(&args[1..]),
         Some("kernel-boot-time") => kernel::cmd_boot_time(&args[1..]),
+        Some("net-test") => net_test::test_net(),
+        Some("disk") => disk::cmd_disk(&args[1..]),
+        Some("disk-test") => disk_test::test_disks(),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -160,7 +177,13 @@ fn cmd_test(_args: &[String]) -> Result<(), String> {
     python_client_tests(&model_env)?;
 
     eprintln!("xtask: running the kernel tests in QEMU");
-    kernel::cmd_test(&[])
+    kernel::cmd_test(&[])?;
+
+    eprintln!("xtask: kernel networking and the HTTP API in QEMU");
+    net_test::test_net()?;
+
+    eprintln!("xtask: models from disks (NVMe, virtio-blk, GPT/MBR, FAT) in QEMU");
+    disk_test::test_disks()
 }
 
 /// PyPI client versions the API is tested with.
@@ -213,13 +236,43 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// Boots the kernel in QEMU with models as GRUB modules: the default model unless
+/// `--model` names others (registry names are fetched first, files are used as they are).
 fn cmd_run(args: &[String]) -> Result<(), String> {
+    let mut kernel_args = Vec::new();
+    let mut have_model = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--model" {
+            let value = it
+                .next()
+                .ok_or("--model needs a model name or a GGUF file")?;
+            have_model = true;
+            kernel_args.push(a.clone());
+            kernel_args.push(match models::find(value) {
+                Ok(spec) => format!("{}={}", spec.name, models::fetch(spec)?.display()),
+                Err(_) => value.clone(),
+            });
+        } else {
+            kernel_args.push(a.clone());
+        }
+    }
+    if !have_model {
+        let spec = models::find(models::DEFAULT_MODEL)?;
+        kernel_args.push("--model".into());
+        kernel_args.push(format!("{}={}", spec.name, models::fetch(spec)?.display()));
+    }
+    kernel::cmd_run(&kernel_args)
+}
+
+/// Chats with a fetched model in the host CLI.
+fn cmd_chat(args: &[String]) -> Result<(), String> {
     let mut name = models::DEFAULT_MODEL.to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--model" => name = it.next().ok_or("--model needs a name")?.clone(),
-            other => return Err(format!("unknown option `{other}` for run")),
+            other => return Err(format!("unknown option `{other}` for chat")),
         }
     }
     let path = models::fetch(models::find(&name)?)?;

@@ -158,7 +158,14 @@ pub struct Session {
 impl Session {
     /// Starts QEMU with piped stdio.
     pub fn spawn(opts: &Options) -> Result<Self, String> {
+        Self::spawn_with(opts, &[])
+    }
+
+    /// Starts QEMU with piped stdio and `extra` arguments appended (devices such as
+    /// NICs with their `-netdev`).
+    pub fn spawn_with(opts: &Options, extra: &[String]) -> Result<Self, String> {
         let mut cmd = opts.command();
+        cmd.args(extra);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -26,6 +26,9 @@ pub struct AcpiInfo {
     pub s5_slp_typ: Option<u16>,
     /// Reset register in I/O space: (port, value).
     pub reset: Option<(u16, u8)>,
+    /// PCI Express ECAM window from the MCFG table (segment 0): (base, first bus,
+    /// last bus).
+    pub ecam: Option<(u64, u8, u8)>,
 }
 
 impl AcpiInfo {
@@ -38,6 +41,7 @@ impl AcpiInfo {
         pm1a_cnt: None,
         s5_slp_typ: None,
         reset: None,
+        ecam: None,
     };
 
     /// APIC IDs of the CPUs ACPI lists.
@@ -132,10 +136,24 @@ fn parse(root: Option<AcpiRoot>) -> AcpiInfo {
         match &t[..4] {
             b"APIC" => parse_madt(t, &mut info),
             b"FACP" => parse_fadt(t, &mut info),
+            b"MCFG" => parse_mcfg(t, &mut info),
             _ => {}
         }
     }
     info
+}
+
+/// MCFG: after the header and 8 reserved bytes, 16-byte entries (base address,
+/// segment, first bus, last bus, reserved); the kernel uses segment 0.
+fn parse_mcfg(t: &[u8], info: &mut AcpiInfo) {
+    let mut o = 44;
+    while o + 16 <= t.len() {
+        let base = u64_at(t, o);
+        if u16_at(t, o + 8) == 0 && base != 0 && info.ecam.is_none() {
+            info.ecam = Some((base, t[o + 10], t[o + 11]));
+        }
+        o += 16;
+    }
 }
 
 fn parse_madt(t: &[u8], info: &mut AcpiInfo) {

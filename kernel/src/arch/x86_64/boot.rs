@@ -112,7 +112,7 @@ impl<const N: usize> core::fmt::Debug for FixedStr<N> {
 #[derive(Debug)]
 pub struct BootInfo {
     /// Kernel command line.
-    pub cmdline: FixedStr<256>,
+    pub cmdline: FixedStr<2048>,
     /// Boot loader name (e.g. "GRUB 2.06").
     pub loader: FixedStr<64>,
     /// Memory map entries, sorted by start address.

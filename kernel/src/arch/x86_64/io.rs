@@ -27,6 +27,12 @@ pub fn outl(port: u16, v: u32) {
     unsafe { Port::<u32>::new(port).write(v) }
 }
 
+/// Reads a 32-bit word from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    // SAFETY: as for `inb`.
+    unsafe { Port::<u32>::new(port).read() }
+}
+
 /// Reads a model-specific register.
 pub fn rdmsr(msr: u32) -> u64 {
     // SAFETY: callers only read architectural MSRs the CPU reports (APIC base, x2APIC).

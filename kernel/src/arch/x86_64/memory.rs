@@ -229,3 +229,16 @@ pub fn fill_and_check(addr: u64, len: usize, value: u8) -> bool {
     s.fill(value);
     s.iter().all(|&b| b == value)
 }
+
+/// The bytes of a boot module (e.g. a model file), in place.
+pub fn module_bytes(m: &super::boot::Module) -> &'static [u8] {
+    let len = m.end.saturating_sub(m.start) as usize;
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: GRUB loaded the module into RAM at `start..end`; `init` reserved that range
+    // in the frame allocator before anything else was handed out, so neither the heap nor
+    // any stack or page table ever overlaps it, and nothing writes to it. All RAM is
+    // identity-mapped, so the range is readable for the kernel's whole life.
+    unsafe { core::slice::from_raw_parts(m.start as *const u8, len) }
+}

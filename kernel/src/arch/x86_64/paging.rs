@@ -116,6 +116,30 @@ pub fn build(top: u64, nx_enabled: bool, kind_of: impl Fn(u64) -> Kind) {
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4, options(nostack)) };
 }
 
+/// Maps `[start, start + len)` (device registers above the boot-time map, e.g. a
+/// 64-bit PCI BAR) identity, uncached, with 2 MiB pages. Chunks already mapped keep
+/// their mapping.
+pub fn map_device(start: u64, len: u64) {
+    let pml4 = *PML4.lock();
+    assert!(pml4 != 0, "kernel page tables not built");
+    let nx_enabled = x86_64::registers::model_specific::Efer::read()
+        .contains(x86_64::registers::model_specific::EferFlags::NO_EXECUTE_ENABLE);
+    let mut addr = start & !(SIZE_2M - 1);
+    let end = start.saturating_add(len.max(1));
+    while addr < end {
+        let pde = pde_for(pml4, addr);
+        // SAFETY: `pde_for` returns a valid entry pointer in our own tables; a new entry
+        // only covers device registers nothing else maps, and x86 does not cache
+        // not-present entries, so no TLB flush is needed.
+        unsafe {
+            if *pde & PRESENT == 0 {
+                *pde = addr | PRESENT | WRITABLE | HUGE | NO_CACHE | WRITE_THROUGH | nx(nx_enabled);
+            }
+        }
+        addr += SIZE_2M;
+    }
+}
+
 /// Loads the kernel page tables on the calling CPU (application processors).
 pub fn activate() {
     let pml4 = *PML4.lock();
