@@ -192,29 +192,7 @@ const PYTHON_CLIENTS: [&str; 2] = ["ollama==0.6.3", "openai==3.57.0"];
 /// Runs `crates/api/tests/python_clients.py` with the real client packages, installed
 /// in a virtual environment outside the repository.
 fn python_client_tests(model_env: &[(String, PathBuf)]) -> Result<(), String> {
-    let venv = models::cache_dir().join("venv-clients");
-    let python = venv.join("bin").join("python");
-    if !python.exists() {
-        deps::ensure_venv()?;
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    let have_clients = Command::new(&python)
-        .args(["-c", "import ollama, openai"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have_clients {
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(PYTHON_CLIENTS))?;
-    }
+    let python = net_test::clients_python()?;
     let model = model_env
         .iter()
         .find(|(var, _)| var == "EMBODIOS_MODEL_SMOLLM2_135M")

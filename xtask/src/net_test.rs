@@ -1,6 +1,7 @@
 //! Kernel networking tests: boots the kernel under QEMU user networking with each NIC
 //! it drives (virtio-net on q35, so PCI goes through ECAM; e1000 on the i440FX, with a
-//! bearer token and another port; e1000e), every one getting its address by DHCP,
+//! bearer token and another port; both getting their address by DHCP; e1000e, lighter,
+//! with a static address),
 //! forwards a free loopback port to the guest's HTTP server and checks `lspci`,
 //! `ping 10.0.2.2` (QEMU's own virtual gateway), `net`, then the HTTP API from the
 //! host: a raw-request suite (every endpoint, the malformed cases, 16 clients at once,
@@ -28,7 +29,7 @@ const CHAT: &str = "What is the capital of France?";
 const TOKENS: usize = 2;
 /// Tokens per generation against the host server.
 const HOST_TOKENS: usize = 8;
-/// Clients at once (the kernel has 16 sockets).
+/// Clients at once (what the issue asks; the kernel listens on 24 sockets).
 const CLIENTS: usize = 16;
 /// Tokens asked of the stream a client leaves (it must not run to the end).
 const LONG_TOKENS: usize = 400;
@@ -55,6 +56,8 @@ struct Case {
     guest_port: u16,
     /// Expected in `lspci`.
     lspci: &'static str,
+    /// Expected in `net` (address source).
+    address: &'static str,
     /// Run the raw suite and the Python clients.
     full: bool,
     /// The bearer token on the command line.
@@ -70,6 +73,7 @@ const CASES: &[Case] = &[
         cmdline: "model=tiny",
         guest_port: 80,
         lspci: "virtio network [1af4:1000]",
+        address: DHCP_ADDRESS,
         full: true,
         key: None,
         smollm2: true,
@@ -80,6 +84,7 @@ const CASES: &[Case] = &[
         cmdline: "model=tiny port=8080 api_key=net-test-token",
         guest_port: 8080,
         lspci: "82540EM Gigabit Ethernet (e1000) [8086:100e]",
+        address: DHCP_ADDRESS,
         full: true,
         key: Some(KEY),
         smollm2: false,
@@ -87,16 +92,18 @@ const CASES: &[Case] = &[
     Case {
         nic: "e1000e",
         machine: "q35",
-        cmdline: "model=tiny",
+        cmdline: "model=tiny ip=10.0.2.15/24 gw=10.0.2.2",
         guest_port: 80,
         lspci: "82574L Gigabit Ethernet (e1000e) [8086:10d3]",
+        address: "10.0.2.15/24 (static)",
         full: false,
         key: None,
         smollm2: false,
     },
 ];
 
-/// What `net` shows once DHCP gave QEMU's usual address.
+/// What `net` shows once DHCP gave QEMU's usual address (the issue asks for the full
+/// matrix after DHCP; the lighter e1000e boot keeps the static `ip=`/`gw=` path tested).
 const DHCP_ADDRESS: &str = "10.0.2.15/24 (DHCP, 1 lease(s))";
 
 fn workspace_root() -> PathBuf {
@@ -233,9 +240,9 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("local address: {e}"))
 }
 
-/// The client venv's Python with the `ollama` and `openai` packages (made like
-/// `cargo xtask test` makes it).
-fn clients_python() -> Result<PathBuf, String> {
+/// The Python of a virtual environment outside the repository with the real `ollama`
+/// and `openai` client packages, made on first use.
+pub fn clients_python() -> Result<PathBuf, String> {
     let venv = crate::models::cache_dir().join("venv-clients");
     let python = venv.join("bin").join("python");
     if !python.exists() {
@@ -447,11 +454,11 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
         let t = Instant::now();
         loop {
             let out = run(&mut s, "net", STEP_TIMEOUT)?;
-            if out.contains(DHCP_ADDRESS) {
+            if out.contains(case.address) {
                 break;
             }
             if t.elapsed() > STEP_TIMEOUT {
-                return Err(format!("no address {DHCP_ADDRESS:?} from `net`:\n{out}"));
+                return Err(format!("no address {:?} from `net`:\n{out}", case.address));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -526,7 +533,7 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
             );
         }
         let out = run(&mut s, "net", STEP_TIMEOUT)?;
-        must_contain("net", &out, DHCP_ADDRESS)?;
+        must_contain("net", &out, case.address)?;
         must_contain("net", &out, "link up")?;
         must_contain("net", &out, "gateway:  10.0.2.2")?;
         must_contain("net", &out, &format!("port {}", case.guest_port))?;
