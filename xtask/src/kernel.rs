@@ -225,25 +225,6 @@ impl IsoSpec {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String, String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Fixed menu entries: (title, kernel arguments), in `Entry` order.
 const FIXED_ENTRIES: &[(&str, &str)] = &[
     ("EMBODIOS", ""),
@@ -334,7 +315,7 @@ pub fn make_iso_with(elf: &Path, out: &Path, spec: &IsoSpec) -> Result<(), Strin
             manifest.push_str(&format!(
                 "{} {file} {size} {} {flag}\n",
                 m.name,
-                sha256_file(&m.path)?
+                crate::models::sha256_file(&m.path)?
             ));
             modules.push_str(&format!(
                 "    module2 /boot/models/{}.gguf {}\n",
