@@ -104,9 +104,7 @@ fn reply(
         .render(&messages, true)
         .map_err(|e| format!("chat template: {e}"))?;
     let ids = m.tokenizer.encode(&prompt, true, true);
-    // Always evaluate at least the last token, so the session has fresh logits.
-    let shared = common_prefix(session.tokens(), &ids).min(ids.len().saturating_sub(1));
-    session.truncate(shared);
+    let shared = session.reuse_prefix(&ids);
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -127,21 +125,4 @@ fn reply(
         .map_err(|e| e.to_string())?;
     let _ = writeln!(out);
     Ok(generation.text)
-}
-
-/// Length of the longest common prefix of two token sequences.
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::common_prefix;
-
-    #[test]
-    fn common_prefix_counts_shared_tokens() {
-        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
-        assert_eq!(common_prefix(&[], &[1]), 0);
-        assert_eq!(common_prefix(&[1, 2], &[1, 2]), 2);
-    }
 }

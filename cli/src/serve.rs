@@ -202,10 +202,6 @@ fn load(path: &str, context: Option<usize>) -> Result<Served, String> {
     })
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 impl Backend for EngineBackend {
     fn models(&self) -> Vec<ModelInfo> {
         self.models.iter().map(|m| m.info.clone()).collect()
@@ -248,31 +244,9 @@ impl Backend for EngineBackend {
                 ids.len()
             )));
         }
-        // Reuse the cached prefix, but always evaluate the last prompt token so the
-        // session holds fresh logits.
-        let shared = common_prefix(m.session.tokens(), &ids).min(ids.len() - 1);
-        m.session.truncate(shared);
+        let shared = m.session.reuse_prefix(&ids);
 
-        let mut config = SamplerConfig::default();
-        let s = &req.sampling;
-        if let Some(v) = s.temperature {
-            config.temperature = v;
-        }
-        if let Some(v) = s.top_k {
-            config.top_k = v as usize;
-        }
-        if let Some(v) = s.top_p {
-            config.top_p = v;
-        }
-        if let Some(v) = s.min_p {
-            config.min_p = v;
-        }
-        if let Some(v) = s.repeat_penalty {
-            config.repeat_penalty = v;
-        }
-        if let Some(v) = s.seed {
-            config.seed = v;
-        }
+        let config = req.sampling.apply(SamplerConfig::default());
         let max_tokens = req.max_tokens.map_or(capacity, |n| n as usize);
         let mut generator = Generator::new(Sampler::new(config), max_tokens);
         generator.stop = req.stop.clone();

@@ -204,10 +204,6 @@ struct RegistryBackend<'r> {
     reg: &'r mut Registry,
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 impl Backend for RegistryBackend<'_> {
     fn models(&self) -> Vec<ModelInfo> {
         model_infos(self.reg)
@@ -267,29 +263,9 @@ impl Backend for RegistryBackend<'_> {
         // The console's `talk` conversation shares this session: an API request
         // replaces it.
         m.history.clear();
-        let shared = common_prefix(m.session.tokens(), &ids).min(ids.len() - 1);
-        m.session.truncate(shared);
+        let shared = m.session.reuse_prefix(&ids);
 
-        let mut config = SamplerConfig::default();
-        let s = &req.sampling;
-        if let Some(v) = s.temperature {
-            config.temperature = v;
-        }
-        if let Some(v) = s.top_k {
-            config.top_k = v as usize;
-        }
-        if let Some(v) = s.top_p {
-            config.top_p = v;
-        }
-        if let Some(v) = s.min_p {
-            config.min_p = v;
-        }
-        if let Some(v) = s.repeat_penalty {
-            config.repeat_penalty = v;
-        }
-        if let Some(v) = s.seed {
-            config.seed = v;
-        }
+        let config = req.sampling.apply(SamplerConfig::default());
         let max_tokens = req.max_tokens.map_or(capacity, |n| n as usize);
         let mut generator = Generator::new(Sampler::new(config), max_tokens);
         generator.stop = req.stop.clone();

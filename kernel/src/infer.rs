@@ -510,10 +510,6 @@ pub fn bench(reg: &mut Registry, perf: &mut Perf, json: bool) {
     }
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 /// One `talk` turn: renders the whole conversation with the chat template, evaluates
 /// only what the KV cache does not already hold, streams the reply.
 pub fn talk_turn(reg: &mut Registry, settings: &Settings, perf: &mut Perf, text: &str) {
@@ -540,9 +536,7 @@ pub fn talk_turn(reg: &mut Registry, settings: &Settings, perf: &mut Perf, text:
         }
     };
     let ids = m.tokenizer.encode(&prompt, true, true);
-    // Evaluate at least the last token so the session has fresh logits.
-    let shared = common_prefix(m.session.tokens(), &ids).min(ids.len().saturating_sub(1));
-    m.session.truncate(shared);
+    let shared = m.session.reuse_prefix(&ids);
     let r = run(
         &name,
         m,

@@ -5,6 +5,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use embodios_engine::SamplerConfig;
 
 /// A loaded model as the listing endpoints describe it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,6 +69,32 @@ pub struct Sampling {
     pub min_p: Option<f32>,
     pub repeat_penalty: Option<f32>,
     pub seed: Option<u64>,
+}
+
+impl Sampling {
+    /// These settings over `base`: each one the request gave replaces base's value.
+    pub fn apply(&self, base: SamplerConfig) -> SamplerConfig {
+        let mut c = base;
+        if let Some(v) = self.temperature {
+            c.temperature = v;
+        }
+        if let Some(v) = self.top_k {
+            c.top_k = v as usize;
+        }
+        if let Some(v) = self.top_p {
+            c.top_p = v;
+        }
+        if let Some(v) = self.min_p {
+            c.min_p = v;
+        }
+        if let Some(v) = self.repeat_penalty {
+            c.repeat_penalty = v;
+        }
+        if let Some(v) = self.seed {
+            c.seed = v;
+        }
+        c
+    }
 }
 
 /// A generation request after the API layer has validated it.
@@ -169,5 +196,28 @@ pub trait Env {
     /// Memory in use by the process or kernel, bytes, if known.
     fn memory_bytes(&self) -> Option<u64> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_overrides_only_what_the_request_gave() {
+        let base = SamplerConfig::default();
+        let s = Sampling {
+            temperature: Some(0.0),
+            top_k: Some(5),
+            seed: Some(42),
+            ..Sampling::default()
+        };
+        let c = s.apply(base.clone());
+        assert_eq!((c.temperature, c.top_k, c.seed), (0.0, 5, 42));
+        assert_eq!(
+            (c.top_p, c.min_p, c.repeat_penalty),
+            (base.top_p, base.min_p, base.repeat_penalty)
+        );
+        assert_eq!(Sampling::default().apply(base.clone()), base);
     }
 }

@@ -285,6 +285,22 @@ impl Session {
         }
     }
 
+    /// Prepares the session to evaluate the prompt `ids`: keeps the cached positions that
+    /// `ids` starts with (but never all of `ids`, so the last token is evaluated again and
+    /// the session has fresh logits), drops the rest, and returns how many are kept.
+    /// The caller then evaluates `ids[kept..]`.
+    pub fn reuse_prefix(&mut self, ids: &[u32]) -> usize {
+        let shared = self
+            .tokens
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len().saturating_sub(1));
+        self.truncate(shared);
+        shared
+    }
+
     /// The logits of the last evaluated position (empty before the first `forward`).
     pub fn logits(&self) -> &[f32] {
         if self.pos == 0 {

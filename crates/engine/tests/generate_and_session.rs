@@ -431,3 +431,24 @@ fn threads_give_identical_results_for_long_contexts() {
     }
     assert_eq!(a.pos(), 303);
 }
+
+#[test]
+fn reuse_prefix_keeps_the_shared_cache_but_reevaluates_the_last_token() {
+    let smol = smollm2_bytes();
+    let bytes = random_llama(&smol);
+    let file = GgufFile::parse(&bytes).expect("parse");
+    let model = Model::load(&file, ModelOptions::default()).expect("load");
+    let mut s = model.new_session();
+    model.forward(&mut s, &[1, 2, 3, 4], &Sequential).unwrap();
+    // A new prompt sharing the first two tokens keeps them.
+    assert_eq!(s.reuse_prefix(&[1, 2, 9, 9]), 2);
+    assert_eq!(s.tokens(), &[1, 2]);
+    model.forward(&mut s, &[9, 9], &Sequential).unwrap();
+    // The same prompt again: everything but the last token is reused.
+    assert_eq!(s.reuse_prefix(&[1, 2, 9, 9]), 3);
+    assert_eq!(s.tokens(), &[1, 2, 9]);
+    // Nothing shared, and an empty prompt, keep nothing.
+    assert_eq!(s.reuse_prefix(&[7]), 0);
+    assert_eq!(s.pos(), 0);
+    assert_eq!(s.reuse_prefix(&[]), 0);
+}
