@@ -10,12 +10,11 @@
 
 use crate::loaded::{self, Detok, Loaded};
 use embodios_api::{
-    Api, Backend, BackendError, Config, Connection, Env, Event, Finish, GenRequest, GenResult, Job,
-    JobEnd, ModelInfo, Output, Prompt, TokenSink,
+    Api, Backend, BackendError, Config, Connection, Env, Event, GenRequest, GenResult, Job, JobEnd,
+    ModelInfo, Output, Prompt, TokenSink,
 };
 use embodios_engine::{
-    generate::{GenerateError, StopReason},
-    ChatTemplate, Generator, Message, Sampler, SamplerConfig, Session,
+    generate::GenerateError, ChatTemplate, Generator, Message, Sampler, SamplerConfig, Session,
 };
 use embodios_host::{Clock, StdClock, ThreadPool};
 use std::io::{ErrorKind, Read, Write};
@@ -273,21 +272,11 @@ impl Backend for EngineBackend {
                 });
             }
         };
-        let st = &g.stats;
-        let finish = match g.stop {
-            StopReason::EndOfGeneration(_) | StopReason::StopString(_) => Finish::Stop,
-            StopReason::MaxTokens | StopReason::ContextFull => Finish::Length,
-            StopReason::Cancelled => Finish::Cancelled,
-        };
-        Ok(GenResult {
-            text: g.text.clone(),
-            prompt_tokens: ids.len() as u64,
-            completion_tokens: st.generated_tokens as u64,
-            finish: Some(finish),
-            load_ns: t_run.saturating_sub(t0) * 1000,
-            prompt_eval_ns: st.prefill_us * 1000,
-            eval_ns: (st.ttft_us.saturating_sub(st.prefill_us) + st.decode_us) * 1000,
-        })
+        Ok(GenResult::from_generation(
+            &g,
+            ids.len(),
+            t_run.saturating_sub(t0),
+        ))
     }
 }
 

@@ -11,10 +11,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering::Relaxed;
 
 use embodios_api::{
-    Api, Backend, BackendError, Config, Connection, Env, Event, Finish, GenRequest, GenResult, Job,
-    JobEnd, ModelInfo, Output, Prompt, TokenSink,
+    Api, Backend, BackendError, Config, Connection, Env, Event, GenRequest, GenResult, Job, JobEnd,
+    ModelInfo, Output, Prompt, TokenSink,
 };
-use embodios_engine::{Detokenize, Generator, Message, Sampler, SamplerConfig, StopReason};
+use embodios_engine::{Detokenize, Generator, Message, Sampler, SamplerConfig};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
@@ -286,21 +286,11 @@ impl Backend for RegistryBackend<'_> {
                 return Err(BackendError::Internal(e.to_string()));
             }
         };
-        let st = &g.stats;
-        let finish = match g.stop {
-            StopReason::EndOfGeneration(_) | StopReason::StopString(_) => Finish::Stop,
-            StopReason::MaxTokens | StopReason::ContextFull => Finish::Length,
-            StopReason::Cancelled => Finish::Cancelled,
-        };
-        Ok(GenResult {
-            text: g.text.clone(),
-            prompt_tokens: ids.len() as u64,
-            completion_tokens: st.generated_tokens as u64,
-            finish: Some(finish),
-            load_ns: t_run.saturating_sub(t0) * 1000,
-            prompt_eval_ns: st.prefill_us * 1000,
-            eval_ns: (st.ttft_us.saturating_sub(st.prefill_us) + st.decode_us) * 1000,
-        })
+        Ok(GenResult::from_generation(
+            &g,
+            ids.len(),
+            t_run.saturating_sub(t0),
+        ))
     }
 }
 

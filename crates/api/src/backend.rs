@@ -5,7 +5,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use embodios_engine::SamplerConfig;
+use embodios_engine::{Generation, SamplerConfig, StopReason};
 
 /// A loaded model as the listing endpoints describe it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -142,6 +142,28 @@ pub struct GenResult {
     pub prompt_eval_ns: u64,
     /// Generation time after the prompt (nanoseconds).
     pub eval_ns: u64,
+}
+
+impl GenResult {
+    /// The result of an engine generation over a prompt of `prompt_tokens` tokens, after
+    /// `load_us` microseconds spent preparing the model for it.
+    pub fn from_generation(g: &Generation, prompt_tokens: usize, load_us: u64) -> Self {
+        let st = &g.stats;
+        let finish = match g.stop {
+            StopReason::EndOfGeneration(_) | StopReason::StopString(_) => Finish::Stop,
+            StopReason::MaxTokens | StopReason::ContextFull => Finish::Length,
+            StopReason::Cancelled => Finish::Cancelled,
+        };
+        GenResult {
+            text: g.text.clone(),
+            prompt_tokens: prompt_tokens as u64,
+            completion_tokens: st.generated_tokens as u64,
+            finish: Some(finish),
+            load_ns: load_us * 1000,
+            prompt_eval_ns: st.prefill_us * 1000,
+            eval_ns: (st.ttft_us.saturating_sub(st.prefill_us) + st.decode_us) * 1000,
+        }
+    }
 }
 
 /// Why a generation failed.
