@@ -35,9 +35,6 @@ fn gemma3_greedy_matches_llama_cpp() {
     let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
     let golden = golden("gemma3_270m_greedy.json");
     let pool = ThreadPool::new(2).expect("thread pool");
-    let mut session = model.new_session();
-    let mut failures = Vec::new();
-    let mut worst = 0.0f32;
     let cases = golden["cases"].as_array().expect("cases");
     assert!(cases.len() >= 5, "the golden needs at least 5 prompts");
     for case in cases {
@@ -48,33 +45,8 @@ fn gemma3_greedy_matches_llama_cpp() {
             ids(&case["prompt_ids"]),
             "tokenization of {text:?} differs from llama.cpp"
         );
-        let rep = run_case(&model, &mut session, case, &pool);
-        println!(
-            "{:?}: matched {}/{} greedy tokens, top-64 logit err {:.6}, sampled err {:?}",
-            rep.prompt, rep.matched, rep.expected, rep.top_err, rep.sampled_err
-        );
-        if let Some((step, want, got, m)) = rep.near_tie {
-            println!(
-                "  near-tie divergence accepted at step {step}: llama.cpp {want}, ours {got}, \
-                 llama.cpp margin {m:.4} < {NEAR_TIE_MARGIN}"
-            );
-        }
-        if let Some((step, want, got, m)) = rep.hard_divergence {
-            failures.push(format!(
-                "{:?}: step {step}: llama.cpp chose {want}, we chose {got} (llama.cpp margin {m:.4})",
-                rep.prompt
-            ));
-        }
-        let err = rep.sampled_err.unwrap_or(0.0).max(rep.top_err);
-        worst = worst.max(err);
-        if err > LOGIT_TOLERANCE {
-            failures.push(format!(
-                "{:?}: last-position logit error {err} > {LOGIT_TOLERANCE}",
-                rep.prompt
-            ));
-        }
     }
-    println!("max logit error over all prompts: {worst:.6} (tolerance {LOGIT_TOLERANCE})");
+    let (failures, _) = check_cases(&model, cases, &pool, LOGIT_TOLERANCE);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -104,35 +76,5 @@ fn gemma3_two_turn_chat_matches_llama_cpp() {
         .expect("render");
     assert_eq!(first, turns[0]["text"].as_str().unwrap());
     let pool = ThreadPool::new(2).expect("thread pool");
-    let mut session = model.new_session();
-    for (t, turn) in turns.iter().enumerate() {
-        let ids = ids(&turn["ids"]);
-        assert_eq!(
-            tok.encode(turn["text"].as_str().unwrap(), t == 0, true),
-            ids,
-            "turn {t}: tokenization differs from llama.cpp"
-        );
-        let want = common::ids(&turn["greedy_ids"]);
-        let margins = floats(&turn["greedy_margins"]);
-        let mut logits = model
-            .forward(&mut session, &ids, &pool)
-            .expect("prompt")
-            .to_vec();
-        for (step, (&w, &m)) in want.iter().zip(&margins).enumerate() {
-            let ours = embodios_engine::sampler::argmax(&logits).unwrap() as u32;
-            if ours != w {
-                assert!(
-                    m < NEAR_TIE_MARGIN,
-                    "turn {t} step {step}: llama.cpp {w}, ours {ours}, margin {m}"
-                );
-                println!("turn {t}: near-tie divergence at step {step} accepted (margin {m})");
-                return;
-            }
-            logits = model
-                .forward(&mut session, &[ours], &pool)
-                .expect("decode")
-                .to_vec();
-        }
-        println!("turn {t}: matched {} tokens", want.len());
-    }
+    check_chat_turns(&model, &tok, turns, &pool, true);
 }

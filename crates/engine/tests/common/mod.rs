@@ -9,6 +9,7 @@ use embodios_engine::parallel::Parallel;
 use embodios_engine::sampler::argmax;
 use embodios_engine::{Model, Session};
 use embodios_testkit::TestModel;
+use embodios_tokenizer::Tokenizer;
 use serde_json::Value;
 
 /// Divergences from llama.cpp's greedy choice are tolerated only where llama.cpp's own
@@ -158,4 +159,98 @@ pub fn run_case(
         }
     }
     rep
+}
+
+/// Runs every golden case on one session, printing a line per prompt, and returns the
+/// failures (hard greedy divergences and logit errors above `tolerance`) and the worst
+/// logit error seen.
+pub fn check_cases(
+    model: &Model<'_>,
+    cases: &[Value],
+    par: &dyn Parallel,
+    tolerance: f32,
+) -> (Vec<String>, f32) {
+    let mut session = model.new_session();
+    let mut failures = Vec::new();
+    let mut worst = 0.0f32;
+    for case in cases {
+        let rep = run_case(model, &mut session, case, par);
+        println!(
+            "{:?}: matched {}/{} greedy tokens, top-64 logit err {:.6}, full err {:?}, sampled err {:?}",
+            rep.prompt, rep.matched, rep.expected, rep.top_err, rep.full_err, rep.sampled_err
+        );
+        if let Some((step, want, got, m)) = rep.near_tie {
+            println!(
+                "  near-tie divergence accepted at step {step}: llama.cpp {want}, ours {got}, \
+                 llama.cpp margin {m:.4} < {NEAR_TIE_MARGIN}"
+            );
+        }
+        if let Some((step, want, got, m)) = rep.hard_divergence {
+            failures.push(format!(
+                "{:?}: step {step}: llama.cpp chose {want}, we chose {got} (llama.cpp margin {m:.4})",
+                rep.prompt
+            ));
+        }
+        let err = [rep.full_err, rep.sampled_err]
+            .into_iter()
+            .flatten()
+            .fold(rep.top_err, f32::max);
+        worst = worst.max(err);
+        if err > tolerance {
+            failures.push(format!(
+                "{:?}: last-position logit error {err} > {tolerance}",
+                rep.prompt
+            ));
+        }
+    }
+    println!("max logit error over all prompts: {worst:.6} (tolerance {tolerance})");
+    (failures, worst)
+}
+
+/// Replays a golden multi-turn chat in separate calls (each turn's prompt as one batch
+/// at the running position, then the reply token by token), checking our tokenization
+/// of each turn and every greedy token against llama.cpp's. `bos_first` adds BOS to the
+/// first turn's text only. Stops at an accepted near-tie divergence.
+pub fn check_chat_turns(
+    model: &Model<'_>,
+    tok: &Tokenizer,
+    turns: &[Value],
+    par: &dyn Parallel,
+    bos_first: bool,
+) {
+    let mut session = model.new_session();
+    for (t, turn) in turns.iter().enumerate() {
+        let prompt = ids(&turn["ids"]);
+        assert_eq!(
+            tok.encode(turn["text"].as_str().unwrap(), bos_first && t == 0, true),
+            prompt,
+            "turn {t}: tokenization differs from llama.cpp"
+        );
+        let want = ids(&turn["greedy_ids"]);
+        let margins = floats(&turn["greedy_margins"]);
+        let mut logits = model
+            .forward(&mut session, &prompt, par)
+            .expect("prompt")
+            .to_vec();
+        for (step, (&w, &m)) in want.iter().zip(&margins).enumerate() {
+            let ours = argmax(&logits).expect("logits") as u32;
+            if ours != w {
+                assert!(
+                    m < NEAR_TIE_MARGIN,
+                    "turn {t} step {step}: llama.cpp {w}, ours {ours}, margin {m}"
+                );
+                println!("turn {t}: near-tie divergence at step {step} accepted (margin {m})");
+                return;
+            }
+            logits = model
+                .forward(&mut session, &[ours], par)
+                .expect("decode")
+                .to_vec();
+        }
+        println!(
+            "turn {t}: matched {} tokens: {:?}",
+            want.len(),
+            turn["greedy_text"].as_str().unwrap_or("")
+        );
+    }
 }
