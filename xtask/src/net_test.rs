@@ -498,7 +498,11 @@ fn check_status(s: &mut Session, t: &Target) -> Result<String, String> {
         &format!("{over:?} does not add up to the {m503} 503s in /metrics"),
     )?;
     drop(idle);
-    Ok(format!("{line}; net: {}", over.trim()))
+    let held = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("SYNs held back"))
+        .map_or("", str::trim);
+    Ok(format!("{line}; net: {}; {held}", over.trim()))
 }
 
 /// Files and references every boot shares.

@@ -32,7 +32,7 @@ pub enum DiskLoadError {
     Read {
         /// The disk and its driver (`disk0 (nvme)`).
         disk: String,
-        /// Bytes of the file read before the failed request.
+        /// Bytes of the file read before the piece (up to 8 MiB) that failed.
         at: u64,
         /// The file's size (and so the memory taken and freed).
         size: u64,
@@ -68,7 +68,11 @@ impl fmt::Display for DiskLoadError {
                 size,
                 error,
             } => {
-                write!(f, "read error on {disk} after {at} of {size} bytes: ")?;
+                write!(
+                    f,
+                    "read error on {disk} ({at} of the file's {size} bytes were read before \
+                     the failing piece): "
+                )?;
                 match error {
                     FatError::Read(e) => write!(f, "{e}")?,
                     other => write!(f, "{other}")?,
