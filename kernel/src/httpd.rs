@@ -416,7 +416,10 @@ impl Tend<'_> {
                 tend_slot(slot, stack, &mut ctx, &mut buf);
             }
         }
-        self.api.metrics.queue_depth.store(ctx.queued as u64, Relaxed);
+        self.api
+            .metrics
+            .queue_depth
+            .store(ctx.queued as u64, Relaxed);
     }
 }
 

@@ -59,8 +59,22 @@ fn free_frames(s: &mut Session) -> Result<String, String> {
 /// MB/s) from ...`).
 fn read_rate(out: &str) -> Option<(u64, f64)> {
     let line = out.lines().find(|l| l.starts_with("read "))?;
-    let ms = line.split_once(" in ")?.1.split_once(" ms")?.0.trim().parse().ok()?;
-    let rate = line.split_once('(')?.1.split_once(" MB/s")?.0.trim().parse().ok()?;
+    let ms = line
+        .split_once(" in ")?
+        .1
+        .split_once(" ms")?
+        .0
+        .trim()
+        .parse()
+        .ok()?;
+    let rate = line
+        .split_once('(')?
+        .1
+        .split_once(" MB/s")?
+        .0
+        .trim()
+        .parse()
+        .ok()?;
     Some((ms, rate))
 }
 
@@ -172,10 +186,7 @@ fn boot_case(b: &Boot, im: &Images) -> Result<f64, String> {
             &["load: disk0:/models/truncated-llama.gguf: refused: not a valid GGUF file"],
         )?;
         // The device fails one read in the middle of the file (blkdebug, EIO).
-        let out = s.run(
-            "load disk0:/models/tiny-llama.gguf as broken",
-            STEP_TIMEOUT,
-        )?;
+        let out = s.run("load disk0:/models/tiny-llama.gguf as broken", STEP_TIMEOUT)?;
         expect_all(
             "read error mid-load",
             &out,
@@ -277,21 +288,30 @@ fn smollm2_case(
         expect_all("SmolLM2 load", &out, &["SHA-256 matches", "loaded `smol`"])?;
         let load_s = t0.elapsed().as_secs_f64();
         let (ms, rate) = read_rate(&out).ok_or_else(|| format!("no MB/s in:\n{out}"))?;
+        let sha_ms = out
+            .lines()
+            .find(|l| l.starts_with("SHA-256 matches"))
+            .and_then(|l| {
+                l.rsplit_once('(')?
+                    .1
+                    .strip_suffix(" ms)")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .ok_or_else(|| format!("no SHA-256 time in:\n{out}"))?;
         s.run("switch smol", STEP_TIMEOUT)?;
         s.run("set temp 0", STEP_TIMEOUT)?;
         s.run(&format!("set max_tokens {SMOL_TOKENS}"), STEP_TIMEOUT)?;
-        let text = generated(
-            &s.run(&format!("generate {FRANCE}"), STEP_TIMEOUT)?,
-            FRANCE,
-        )?;
+        let text = generated(&s.run(&format!("generate {FRANCE}"), STEP_TIMEOUT)?, FRANCE)?;
         if text != host {
             return Err(format!(
                 "SmolLM2 from {name}: greedy {text:?}, host CLI {host:?}"
             ));
         }
         eprintln!(
-            "xtask: disk test: SmolLM2 from {name}: read in {ms} ms ({rate:.1} MB/s), whole \
-             `load` (SHA-256, checks, KV cache) {load_s:.1} s; greedy {text:?} = host"
+            "xtask: disk test: SmolLM2 from {name}: read in {ms} ms ({rate:.1} MB/s), SHA-256 \
+             {sha_ms} ms, whole `load` (read, SHA-256, checks, KV cache) {load_s:.1} s; greedy \
+             {text:?} = host"
         );
         s.shutdown(STEP_TIMEOUT)?;
         Ok((ms, rate))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::kernel::{self, Entry, IsoSpec, ModelFile};
-use crate::qemu::{Accel, Firmware, Options, Session};
+use crate::qemu::{smollm2_path, tiny_model, Options, Session};
 
 /// Prompt of the completions (raw, as `embodios run -p` takes it).
 const PROMPT: &str = "Once upon a time";
@@ -117,48 +117,10 @@ const CASES: &[Case] = &[
 /// matrix after DHCP; the lighter e1000e boot keeps the static `ip=`/`gw=` path tested).
 const DHCP_ADDRESS: &str = "10.0.2.15/24 (DHCP, 1 lease(s))";
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-/// The SmolLM2 file (its tokenizer goes into the tiny model).
-fn smollm2() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("EMBODIOS_MODEL_SMOLLM2_135M") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    let spec = crate::models::find(crate::models::DEFAULT_MODEL)?;
-    crate::models::fetch(spec)
-        .map_err(|e| format!("model not found: run `cargo xtask fetch-model` ({e})"))
-}
-
-/// Writes the tiny random llama (the engine's example; it keeps every `tokenizer.*`
-/// key of SmolLM2, the ChatML template included) into `dir`.
-fn tiny_model(dir: &Path) -> Result<PathBuf, String> {
-    let tiny = dir.join("tiny-llama.gguf");
-    let status = Command::new("cargo")
-        .current_dir(workspace_root())
-        .args(["run", "-q", "--release", "-p", "embodios-engine"])
-        .args(["--example", "write_random_llama", "--"])
-        .arg(&tiny)
-        .arg(smollm2()?)
-        .status()
-        .map_err(|e| format!("running write_random_llama: {e}"))?;
-    if !status.success() {
-        return Err(format!("write_random_llama failed ({status})"));
-    }
-    Ok(tiny)
-}
-
 /// Builds the host CLI (release) and returns its path.
 fn host_cli() -> Result<PathBuf, String> {
     let status = Command::new("cargo")
-        .current_dir(workspace_root())
+        .current_dir(crate::workspace_root())
         .args([
             "build",
             "-q",
@@ -291,7 +253,7 @@ fn python_clients(
     key: Option<&str>,
 ) -> Result<String, String> {
     let mut cmd = Command::new(python);
-    cmd.current_dir(workspace_root())
+    cmd.current_dir(crate::workspace_root())
         .arg("crates/api/tests/python_clients.py")
         .arg("--bin")
         .arg(cli)
@@ -402,18 +364,6 @@ fn test_host(cli: &Path, smol: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs a shell command and returns what it printed up to the next prompt.
-fn run(s: &mut Session, cmd: &str, timeout: Duration) -> Result<String, String> {
-    let before = s.output().len();
-    s.send(format!("{cmd}\r").as_bytes())?;
-    // The echo of the command itself, then the output, then the prompt.
-    s.wait_for(&format!("{cmd}\r\n"), timeout)
-        .or_else(|_| s.wait_for(cmd, timeout))?;
-    s.wait_for("embodios> ", timeout)?;
-    let out = s.output();
-    Ok(out.get(before..).unwrap_or(&out).to_string())
-}
-
 fn must_contain(what: &str, text: &str, want: &str) -> Result<(), String> {
     if text.contains(want) {
         Ok(())
@@ -461,7 +411,7 @@ fn check_status(s: &mut Session, t: &Target) -> Result<String, String> {
     let m5xx = sum(&|l| l.contains("status=\"5"));
     let m503 = sum(&|l| l.contains("status=\"503\""));
     let tokens = metric(t, "embodios_generated_tokens_total")? as u64;
-    let out = run(s, "status", STEP_TIMEOUT)?;
+    let out = s.run("status", STEP_TIMEOUT)?;
     let line = out
         .lines()
         .find(|l| l.starts_with("api:"))
@@ -485,7 +435,7 @@ fn check_status(s: &mut Session, t: &Target) -> Result<String, String> {
         "status api line",
         &"no 503 counted after the overload wave",
     )?;
-    let out = run(s, "net", STEP_TIMEOUT)?;
+    let out = s.run("net", STEP_TIMEOUT)?;
     let over = out
         .lines()
         .find(|l| l.trim_start().starts_with("overload:"))
@@ -518,14 +468,7 @@ struct Shared {
 
 fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
     let port = free_port()?;
-    let opts = Options {
-        iso: iso.to_path_buf(),
-        cores: 2,
-        mem: if case.smollm2 { "2G" } else { "1G" }.into(),
-        firmware: Firmware::Bios,
-        accel: Accel::Tcg,
-        monitor: None,
-    };
+    let opts = Options::tcg(iso, 2, if case.smollm2 { "2G" } else { "1G" });
     let extra: Vec<String> = [
         "-machine",
         case.machine,
@@ -542,12 +485,11 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
     .collect();
     let mut s = Session::spawn_with(&opts, &extra)?;
     let r = (|| -> Result<(), String> {
-        s.wait_for("boot took", BOOT_TIMEOUT)?;
-        s.wait_for("embodios> ", STEP_TIMEOUT)?;
+        s.wait_prompt(BOOT_TIMEOUT)?;
         // DHCP runs while the shell waits for input: ask `net` until it has an address.
         let t = Instant::now();
         loop {
-            let out = run(&mut s, "net", STEP_TIMEOUT)?;
+            let out = s.run("net", STEP_TIMEOUT)?;
             if out.contains(case.address) {
                 break;
             }
@@ -556,9 +498,9 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        let out = run(&mut s, "lspci", STEP_TIMEOUT)?;
+        let out = s.run("lspci", STEP_TIMEOUT)?;
         must_contain("lspci", &out, case.lspci)?;
-        let out = run(&mut s, "lspci -v", STEP_TIMEOUT)?;
+        let out = s.run("lspci -v", STEP_TIMEOUT)?;
         must_contain("lspci -v", &out, "BAR0")?;
         let access = if case.machine == "q35" {
             "configuration space: ECAM at 0xb0000000"
@@ -566,7 +508,7 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
             "configuration space: legacy port I/O"
         };
         must_contain("lspci -v", &out, access)?;
-        let out = run(&mut s, "ping 10.0.2.2 2", STEP_TIMEOUT)?;
+        let out = s.run("ping 10.0.2.2 2", STEP_TIMEOUT)?;
         must_contain("ping", &out, "2 sent, 2 received")?;
         must_contain("ping", &out, "bytes from 10.0.2.2: icmp_seq=1")?;
         let t = Target {
@@ -628,7 +570,7 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
                 v["load_duration"].as_f64().unwrap_or(0.0) / 1e9
             );
         }
-        let out = run(&mut s, "net", STEP_TIMEOUT)?;
+        let out = s.run("net", STEP_TIMEOUT)?;
         must_contain("net", &out, case.address)?;
         must_contain("net", &out, "link up")?;
         must_contain("net", &out, "gateway:  10.0.2.2")?;
@@ -636,12 +578,7 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
         if case.full {
             must_contain("net", &out, " 1 timeouts")?;
         }
-        s.send(b"shutdown\r")?;
-        let code = s.wait_exit(STEP_TIMEOUT)?;
-        if code != 0 {
-            return Err(format!("shutdown: QEMU exit status {code}"));
-        }
-        Ok(())
+        s.shutdown(STEP_TIMEOUT)
     })();
     r.map_err(|e| {
         format!(
@@ -673,7 +610,7 @@ pub fn test_net() -> Result<(), String> {
     }
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let cli = host_cli()?;
-    let smol = smollm2()?;
+    let smol = smollm2_path()?;
     if wanted("host") {
         test_host(&cli, &smol)?;
         eprintln!(
@@ -1463,7 +1400,8 @@ fn suite_overload(t: &Target, refs: &Refs) -> Result<String, String> {
     // The refused ones come back while the long generation still runs; then it is
     // dropped (cancelled) and the queued ones are served.
     let deadline = Instant::now() + CONCURRENT_TIMEOUT;
-    while done.load(std::sync::atomic::Ordering::SeqCst) < CROWD - QUEUE && Instant::now() < deadline
+    while done.load(std::sync::atomic::Ordering::SeqCst) < CROWD - QUEUE
+        && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(50));
     }

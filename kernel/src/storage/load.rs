@@ -204,11 +204,15 @@ pub fn read_model(
             .filter(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(str::to_ascii_lowercase)
             .ok_or(DiskLoadError::BadDigestFile)?;
+        let t0 = time::uptime_ms();
         let got = hex(&Sha256::digest(buf.as_slice()));
         if got != want {
             return Err(DiskLoadError::Digest { want, got });
         }
-        println!("SHA-256 matches {path}.sha256");
+        println!(
+            "SHA-256 matches {path}.sha256 ({} ms)",
+            time::uptime_ms() - t0
+        );
     }
     // Check before giving the frames away for good; a refused file frees them.
     match embodios_gguf::GgufFile::parse(buf.as_slice()) {
