@@ -38,6 +38,8 @@ const CROWD: usize = 48;
 /// `MAX_QUEUE`): at least `CROWD - QUEUE` overload clients get their 503 while the
 /// inference slot is still held.
 const QUEUE: usize = 16;
+/// Time between two connects of the overload wave (see `suite_overload`).
+const CONNECT_PACE: Duration = Duration::from_millis(40);
 /// Longest wait for a 503 under overload (below the servers' 30 s idle timeout, so a
 /// 503 whose connection is not closed fails; a SYN the kernel held back costs the
 /// client's TCP retransmission, a few seconds).
@@ -455,6 +457,12 @@ fn check_status(s: &mut Session, t: &Target) -> Result<String, String> {
     Ok(format!("{line}; net: {}; {held}", over.trim()))
 }
 
+/// `EMBODIOS_NET_TEST_OVERLOAD_ONLY=1`: each kernel boot runs only the overload wave
+/// and the `status`/`net` counters (while working on them; never in `cargo xtask test`).
+fn overload_only() -> bool {
+    std::env::var("EMBODIOS_NET_TEST_OVERLOAD_ONLY").is_ok_and(|v| v == "1")
+}
+
 /// Files and references every boot shares.
 struct Shared {
     cli: PathBuf,
@@ -483,6 +491,17 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let mut extra = extra;
+    // `EMBODIOS_NET_TEST_PCAP=DIR`: every frame between the guest and QEMU's user
+    // network into DIR/NIC.pcap, to see what happened on the wire.
+    if let Some(dir) = std::env::var_os("EMBODIOS_NET_TEST_PCAP") {
+        let file = Path::new(&dir).join(format!("{}.pcap", case.nic));
+        extra.push("-object".into());
+        extra.push(format!(
+            "filter-dump,id=f0,netdev=n0,file={}",
+            file.display()
+        ));
+    }
     let mut s = Session::spawn_with(&opts, &extra)?;
     let r = (|| -> Result<(), String> {
         s.wait_prompt(BOOT_TIMEOUT)?;
@@ -517,6 +536,14 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
             key: case.key.map(String::from),
         };
         let tag = format!("{} on {}", case.nic, case.machine);
+        if overload_only() {
+            // A development shortcut: only the overload wave and the counters.
+            let line = suite_overload(&t, &sh.refs)?;
+            eprintln!("xtask: net test: {tag}: {line}");
+            let line = check_status(&mut s, &t)?;
+            eprintln!("xtask: net test: {tag}: status while serving: {line}");
+            return s.shutdown(STEP_TIMEOUT);
+        }
         if case.full {
             for line in api_suite(&t, &sh.refs)? {
                 eprintln!("xtask: net test: {tag}: {line}");
@@ -791,7 +818,11 @@ impl Target {
 
     /// Sends raw bytes and reads the whole answer.
     fn send(&self, bytes: &[u8], timeout: Duration) -> Result<Reply, String> {
-        let mut s = self.connect(timeout)?;
+        self.exchange(self.connect(timeout)?, bytes)
+    }
+
+    /// Sends raw bytes on `s` and reads the whole answer.
+    fn exchange(&self, mut s: TcpStream, bytes: &[u8]) -> Result<Reply, String> {
         s.write_all(bytes)
             .map_err(|e| format!("sending the request: {e}"))?;
         let mut raw = Vec::new();
@@ -1353,50 +1384,58 @@ fn suite_overload(t: &Target, refs: &Refs) -> Result<String, String> {
     let long = hold_generation(t)?;
     let t0 = Instant::now();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let handles: Vec<_> = (0..CROWD)
-        .map(|i| {
-            let t = t.clone();
-            let n = refs.tokens;
-            let reference = refs.generate.clone();
-            let done = std::sync::Arc::clone(&done);
-            std::thread::spawn(move || -> Result<Outcome, String> {
-                let what = format!("overload client {i} of {CROWD}");
-                let start = Instant::now();
-                let body = json!({"model": t.model, "prompt": PROMPT, "stream": false,
-                                  "options": greedy(n)});
-                let r = t
-                    .post("/api/generate", &body, CONCURRENT_TIMEOUT)
-                    .map_err(|e| format!("{what}: {e}"));
-                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let r = r?;
-                match r.status {
-                    200 => {
-                        let v = r.json();
-                        ensure(
-                            v["response"] == reference.as_str() && v["done"] == true,
-                            &what,
-                            &format!("{v} (expected the text {reference:?})"),
-                        )?;
-                        Ok(Outcome::Answered)
-                    }
-                    503 => {
-                        ensure(
-                            r.json()["error"].is_string(),
-                            &what,
-                            &format!("503 without a JSON error: {}", r.body),
-                        )?;
-                        ensure(
-                            r.head.to_ascii_lowercase().contains("retry-after: "),
-                            &what,
-                            &format!("503 without Retry-After: {}", r.head),
-                        )?;
-                        Ok(Outcome::Busy(start.elapsed()))
-                    }
-                    other => Err(format!("{what}: status {other}: {}\n{}", r.head, r.body)),
+    // Connections are opened one after the other, CONNECT_PACE apart, then all wait
+    // together: QEMU's hostfwd listens with a backlog of 1 (`ss -ltn` shows Send-Q 1),
+    // so 48 connects in the same millisecond overflow the host's accept queue whenever
+    // QEMU's main loop is slow to accept (TCG on a loaded machine); the host kernel
+    // then drops SYNs and handshakes (client backoff 1, 2, 4, ... s, up to resets after
+    // a minute) before the guest ever sees them.
+    let mut handles = Vec::new();
+    for i in 0..CROWD {
+        let what = format!("overload client {i} of {CROWD}");
+        let conn = t.connect(CONCURRENT_TIMEOUT);
+        let start = Instant::now();
+        let t = t.clone();
+        let n = refs.tokens;
+        let reference = refs.generate.clone();
+        let done = std::sync::Arc::clone(&done);
+        handles.push(std::thread::spawn(move || -> Result<Outcome, String> {
+            let body = json!({"model": t.model, "prompt": PROMPT, "stream": false,
+                                  "options": greedy(n)})
+            .to_string();
+            let r = conn
+                .and_then(|c| t.exchange(c, &t.raw("POST", "/api/generate", Some(&body))))
+                .map_err(|e| format!("{what}: {e}"));
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let r = r?;
+            match r.status {
+                200 => {
+                    let v = r.json();
+                    ensure(
+                        v["response"] == reference.as_str() && v["done"] == true,
+                        &what,
+                        &format!("{v} (expected the text {reference:?})"),
+                    )?;
+                    Ok(Outcome::Answered)
                 }
-            })
-        })
-        .collect();
+                503 => {
+                    ensure(
+                        r.json()["error"].is_string(),
+                        &what,
+                        &format!("503 without a JSON error: {}", r.body),
+                    )?;
+                    ensure(
+                        r.head.to_ascii_lowercase().contains("retry-after: "),
+                        &what,
+                        &format!("503 without Retry-After: {}", r.head),
+                    )?;
+                    Ok(Outcome::Busy(start.elapsed()))
+                }
+                other => Err(format!("{what}: status {other}: {}\n{}", r.head, r.body)),
+            }
+        }));
+        std::thread::sleep(CONNECT_PACE);
+    }
     // The refused ones come back while the long generation still runs; then it is
     // dropped (cancelled) and the queued ones are served.
     let deadline = Instant::now() + CONCURRENT_TIMEOUT;
