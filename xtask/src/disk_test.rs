@@ -308,6 +308,34 @@ fn smollm2_case(
                 "SmolLM2 from {name}: greedy {text:?}, host CLI {host:?}"
             ));
         }
+        // `EMBODIOS_DISK_TEST_LOADS=N`: N - 1 more reads of the same file, for the
+        // spread of the read time (each copy stays in memory: N <= 5 fits in 2 GiB).
+        let extra_loads: usize = std::env::var("EMBODIOS_DISK_TEST_LOADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1usize)
+            .clamp(1, 5)
+            - 1;
+        let mut reads = vec![(ms, rate)];
+        for k in 0..extra_loads {
+            let out = s.run(
+                &format!("load disk0:/models/{SMOL_FILE} as smol{}", k + 2),
+                STEP_TIMEOUT,
+            )?;
+            expect_all("SmolLM2 load again", &out, &["SHA-256 matches"])?;
+            reads.push(read_rate(&out).ok_or_else(|| format!("no MB/s in:\n{out}"))?);
+        }
+        if reads.len() > 1 {
+            let list: Vec<String> = reads
+                .iter()
+                .map(|(ms, r)| format!("{ms} ms ({r:.0} MB/s)"))
+                .collect();
+            eprintln!(
+                "xtask: disk test: SmolLM2 from {name}, {} reads: {}",
+                reads.len(),
+                list.join(", ")
+            );
+        }
         eprintln!(
             "xtask: disk test: SmolLM2 from {name}: read in {ms} ms ({rate:.1} MB/s), SHA-256 \
              {sha_ms} ms, whole `load` (read, SHA-256, checks, KV cache) {load_s:.1} s; greedy \
