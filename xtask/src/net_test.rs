@@ -38,6 +38,8 @@ const CROWD: usize = 48;
 /// `MAX_QUEUE`): at least `CROWD - QUEUE` overload clients get their 503 while the
 /// inference slot is still held.
 const QUEUE: usize = 16;
+/// Requests each client sends one after the other in [`suite_measure`].
+const MEASURE_ROUNDS: usize = 2;
 /// Time between two connects of the overload wave (see `suite_overload`).
 const CONNECT_PACE: Duration = Duration::from_millis(40);
 /// Longest wait for a 503 under overload (below the servers' 30 s idle timeout, so a
@@ -362,6 +364,9 @@ fn test_host(cli: &Path, smol: &Path) -> Result<(), String> {
         for line in api_suite(&t, &refs).map_err(|e| format!("host embodios serve: {e}"))? {
             eprintln!("xtask: net test: host serve: {line}");
         }
+        if measure() && key.is_none() {
+            eprintln!("xtask: net test: host serve: {}", suite_measure(&t, &refs)?);
+        }
     }
     Ok(())
 }
@@ -542,11 +547,17 @@ fn run_case(case: &Case, iso: &Path, sh: &Shared) -> Result<(), String> {
             eprintln!("xtask: net test: {tag}: {line}");
             let line = check_status(&mut s, &t)?;
             eprintln!("xtask: net test: {tag}: status while serving: {line}");
+            if measure() {
+                eprintln!("xtask: net test: {tag}: {}", suite_measure(&t, &sh.refs)?);
+            }
             return s.shutdown(STEP_TIMEOUT);
         }
         if case.full {
             for line in api_suite(&t, &sh.refs)? {
                 eprintln!("xtask: net test: {tag}: {line}");
+            }
+            if measure() {
+                eprintln!("xtask: net test: {tag}: {}", suite_measure(&t, &sh.refs)?);
             }
             let line = check_status(&mut s, &t)?;
             eprintln!("xtask: net test: {tag}: status while serving: {line}");
@@ -1505,6 +1516,100 @@ fn suite_overload(t: &Target, refs: &Refs) -> Result<String, String> {
         CROWD - QUEUE,
         refused_in.as_secs_f64(),
         t0.elapsed().as_secs_f64()
+    ))
+}
+
+/// `EMBODIOS_NET_TEST_MEASURE=1`: after the suite, [`suite_measure`] (numbers for the
+/// notes; off in `cargo xtask test`, where it would only add time).
+fn measure() -> bool {
+    std::env::var("EMBODIOS_NET_TEST_MEASURE").is_ok_and(|v| v == "1")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Requests/s and generated tokens/s with 1, 4 and 16 clients at once (each sends
+/// [`MEASURE_ROUNDS`] greedy requests one after the other), and the time to the first
+/// byte and to the first token line of a stream (median of three).
+fn suite_measure(t: &Target, refs: &Refs) -> Result<String, String> {
+    let mut parts = Vec::new();
+    let (mut first_byte, mut first_token) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let body = json!({"model": t.model, "prompt": PROMPT, "stream": true,
+                          "options": greedy(refs.tokens)})
+        .to_string();
+        let mut s = t.connect(GENERATE_TIMEOUT)?;
+        let t0 = Instant::now();
+        s.write_all(&t.raw("POST", "/api/generate", Some(&body)))
+            .map_err(|e| format!("measure: sending: {e}"))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        let mut byte_at = None;
+        loop {
+            let n = s
+                .read(&mut buf)
+                .map_err(|e| format!("measure: reading: {e}"))?;
+            if n == 0 {
+                return Err("measure: the stream ended before a token".into());
+            }
+            byte_at.get_or_insert(t0.elapsed());
+            got.extend_from_slice(&buf[..n]);
+            let head_end = got.windows(4).position(|w| w == b"\r\n\r\n");
+            if head_end.is_some_and(|h| got[h..].windows(2).any(|w| w == b"}\n")) {
+                first_token.push(t0.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+        }
+        first_byte.push(byte_at.unwrap_or_default().as_secs_f64() * 1e3);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    parts.push(format!(
+        "first streamed byte {:.0} ms, first token line {:.0} ms (median of 3)",
+        median(first_byte),
+        median(first_token)
+    ));
+    for clients in [1usize, 4, 16] {
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let t = t.clone();
+                let n = refs.tokens;
+                std::thread::spawn(move || -> Result<u64, String> {
+                    let mut tokens = 0;
+                    for _ in 0..MEASURE_ROUNDS {
+                        let body = json!({"model": t.model, "prompt": PROMPT,
+                                          "stream": false, "options": greedy(n)});
+                        let v = want(
+                            "measure",
+                            &t.post("/api/generate", &body, CONCURRENT_TIMEOUT)?,
+                            200,
+                        )?;
+                        tokens += v["eval_count"].as_u64().unwrap_or(0);
+                    }
+                    Ok(tokens)
+                })
+            })
+            .collect();
+        let mut tokens = 0;
+        for h in handles {
+            tokens += h
+                .join()
+                .map_err(|_| "measure: a client panicked".to_string())??;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        parts.push(format!(
+            "{clients} client(s): {:.2} requests/s, {:.1} tokens/s",
+            (clients * MEASURE_ROUNDS) as f64 / secs,
+            tokens as f64 / secs
+        ));
+    }
+    Ok(format!(
+        "measured ({} tokens per request): {}",
+        refs.tokens,
+        parts.join("; ")
     ))
 }
 
