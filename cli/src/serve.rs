@@ -390,7 +390,10 @@ fn connection(api: &Api, stream: TcpStream, queue: &SyncSender<Work>) {
                         },
                         Err(TrySendError::Full(work)) | Err(TrySendError::Disconnected(work)) => {
                             api.metrics.queue_depth.fetch_sub(1, Relaxed);
-                            if !write(&api.busy_response(&work.job)) {
+                            // The 503 says `Connection: close` unless the client keeps
+                            // the connection alive: then close it, or the client waits
+                            // for the end of the response until the idle timeout.
+                            if !write(&api.busy_response(&work.job)) || !work.job.keep_alive {
                                 return;
                             }
                         }

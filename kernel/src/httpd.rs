@@ -1,7 +1,14 @@
 //! The HTTP API server: smoltcp TCP sockets listening on port 80 (or `port=`), each
 //! driving an `embodios-api` [`Connection`]; generations run on the model registry
 //! (loading a model on first use) from the shell's idle loop, streaming their output
-//! through the socket while the stack keeps being polled.
+//! through the socket while the stack keeps being polled and the other connections
+//! keep being served (quick requests answered, generations queued or refused).
+//!
+//! Overload: at most [`MAX_CONNECTIONS`] connections are served at once and at most
+//! [`MAX_QUEUE`] generations wait; beyond that a client gets a quick 503 with a JSON
+//! error and `Retry-After` (the sockets past [`MAX_CONNECTIONS`] are a reserve kept for
+//! these answers), never a TCP reset: SYNs that find no listening socket at all are
+//! held back by the network layer (`net::SynGuard`) so the client's TCP retries.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -23,11 +30,19 @@ use crate::models::Registry;
 use crate::net::Stack;
 use crate::parallel::{CpuPool, TscClock};
 
-/// Connections served at once (one listening socket each): 16 clients, plus room for
-/// connections still closing (a socket listens again only once its connection is
-/// closed, so a burst of new clients right after others left must not find all of
-/// them still closing: those SYNs would get a reset).
-const SOCKETS: usize = 24;
+/// Listening sockets: [`MAX_CONNECTIONS`] served connections plus a reserve that
+/// accepts the connections beyond them only to answer 503 (a socket listens again
+/// only once its connection is closed, so without the reserve those clients would
+/// find no socket).
+const SOCKETS: usize = 40;
+/// Connections served at once (16 clients as the issue asks, plus room for keep-alive
+/// clients and connections still closing); a connection beyond gets 503 at once.
+const MAX_CONNECTIONS: usize = 32;
+/// Generations waiting for their turn (as `embodios serve`'s default queue); one
+/// more gets 503.
+const MAX_QUEUE: usize = 16;
+/// How often a running generation lets the other connections be served.
+const TEND_EVERY_US: u64 = 5_000;
 /// A request must arrive whole within this time of its first byte.
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// An idle keep-alive connection is closed after this long.
@@ -50,6 +65,21 @@ struct Slot {
     connected: bool,
     /// Last time bytes moved on the connection.
     last_ms: u64,
+    /// Accepted beyond [`MAX_CONNECTIONS`]: answered 503 and closing.
+    refused: bool,
+}
+
+impl Slot {
+    /// Back to a fresh listener's state.
+    fn reset(&mut self) {
+        self.conn = Connection::new();
+        self.out.clear();
+        self.close_after = false;
+        self.job = None;
+        self.started_ms = None;
+        self.connected = false;
+        self.refused = false;
+    }
 }
 
 /// Counters `net` and `status` show.
@@ -63,6 +93,10 @@ pub struct Counters {
     pub generations: u64,
     /// Requests that timed out before arriving whole.
     pub timeouts: u64,
+    /// Connections answered 503 on arrival (more than [`MAX_CONNECTIONS`]).
+    pub refused: u64,
+    /// Generations answered 503 because [`MAX_QUEUE`] were waiting.
+    pub busy: u64,
 }
 
 struct Server {
@@ -110,6 +144,7 @@ pub fn init(stack: &mut Stack, port: u16, api_key: Option<String>) {
             started_ms: None,
             connected: false,
             last_ms: 0,
+            refused: false,
         });
     }
     *SERVER.lock() = Some(Server {
@@ -120,6 +155,7 @@ pub fn init(stack: &mut Stack, port: u16, api_key: Option<String>) {
         counters: Counters::default(),
         next_job: 0,
     });
+    stack.device.guard_syns(port);
 }
 
 /// Time and memory for the API.
@@ -294,10 +330,24 @@ impl Backend for RegistryBackend<'_> {
     }
 }
 
-/// A generation's output: straight into the socket, polling the stack until it fits.
+/// A generation's output: straight into the socket, polling the stack until it fits;
+/// between pieces the other connections are served ([`Tend`]).
 struct SocketOut<'s> {
     stack: &'s mut Stack,
     handle: SocketHandle,
+    others: Tend<'s>,
+}
+
+impl SocketOut<'_> {
+    /// Polls the stack and, now and then, serves the other connections.
+    fn poll(&mut self) {
+        self.stack.poll();
+        let now = time::uptime_us();
+        if now.saturating_sub(self.others.last_us) >= TEND_EVERY_US {
+            self.others.last_us = now;
+            self.others.run(self.stack);
+        }
+    }
 }
 
 impl Output for SocketOut<'_> {
@@ -317,7 +367,7 @@ impl Output for SocketOut<'_> {
                 }
                 Err(_) => return false,
             }
-            self.stack.poll();
+            self.poll();
             if time::uptime_ms() - last_progress > SEND_TIMEOUT_MS {
                 return false;
             }
@@ -326,13 +376,62 @@ impl Output for SocketOut<'_> {
     }
 
     fn client_gone(&mut self) -> bool {
-        self.stack.poll();
+        self.poll();
         !self
             .stack
             .sockets
             .get_mut::<tcp::Socket>(self.handle)
             .may_send()
     }
+}
+
+/// Serving the connections other than the one whose generation runs: they are
+/// accepted (or refused), answered, and their generations queued (or refused).
+struct Tend<'s> {
+    slots: &'s mut [Slot],
+    api: &'s Api,
+    counters: &'s mut Counters,
+    port: u16,
+    /// The slot whose generation runs now (left alone).
+    running: Option<usize>,
+    last_us: u64,
+}
+
+impl Tend<'_> {
+    fn run(&mut self, stack: &mut Stack) {
+        let mut ctx = Ctx {
+            api: self.api,
+            counters: &mut *self.counters,
+            port: self.port,
+            queued: self.slots.iter().filter(|s| s.job.is_some()).count(),
+            active: self
+                .slots
+                .iter()
+                .filter(|s| s.connected && !s.refused)
+                .count(),
+        };
+        let mut buf = [0u8; 2048];
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if Some(i) != self.running {
+                tend_slot(slot, stack, &mut ctx, &mut buf);
+            }
+        }
+        self.api
+            .metrics
+            .queue_depth
+            .store(ctx.queued as u64, Relaxed);
+    }
+}
+
+/// What [`tend_slot`] needs besides the slot.
+struct Ctx<'a> {
+    api: &'a Api,
+    counters: &'a mut Counters,
+    port: u16,
+    /// Generations waiting now.
+    queued: usize,
+    /// Connections being served now (not counting refused ones).
+    active: usize,
 }
 
 /// Polls the network and serves every connection; runs a waiting generation on
@@ -367,129 +466,199 @@ fn service(srv: &mut Server, stack: &mut Stack, reg: &mut Registry) {
         next_job,
     } = srv;
     let Some(api) = api.as_ref() else { return };
-    let mut buf = [0u8; 2048];
-    // One waiting generation per call, round robin, so that between two generations
-    // every other connection is looked after: a client that left after its answer
-    // gets its socket closed and listening again before the next generation, instead
-    // of after all the queued ones (new clients found no socket meanwhile).
+    // One waiting generation per call, round robin; while it runs, the other
+    // connections are served between its pieces (new clients accepted or refused
+    // with 503, quick requests answered, further generations queued).
     let count = slots.len();
     let run = (0..count)
         .map(|k| (*next_job + k) % count)
         .find(|&i| slots[i].job.is_some());
-    for (i, slot) in slots.iter_mut().enumerate() {
-        // The chosen generation runs first (it blocks the shell while it runs).
-        if let Some(job) = slot.job.take_if(|_| run == Some(i)) {
-            *next_job = i + 1;
-            counters.generations += 1;
-            let end = api.run_job(
-                job,
-                &mut RegistryBackend { reg: &mut *reg },
-                &mut SocketOut {
-                    stack: &mut *stack,
-                    handle: slot.handle,
+    if let Some((i, job)) = run.and_then(|i| Some((i, slots[i].job.take()?))) {
+        *next_job = i + 1;
+        counters.generations += 1;
+        let handle = slots[i].handle;
+        let end = api.run_job(
+            job,
+            &mut RegistryBackend { reg: &mut *reg },
+            &mut SocketOut {
+                stack: &mut *stack,
+                handle,
+                others: Tend {
+                    slots: &mut slots[..],
+                    api,
+                    counters: &mut *counters,
+                    port: *port,
+                    running: Some(i),
+                    last_us: time::uptime_us(),
                 },
-            );
-            if end != (JobEnd::Done { keep_alive: true }) {
-                slot.close_after = true;
+            },
+        );
+        let slot = &mut slots[i];
+        if end != (JobEnd::Done { keep_alive: true }) {
+            slot.close_after = true;
+        }
+        slot.last_ms = time::uptime_ms();
+    }
+    Tend {
+        slots: &mut slots[..],
+        api,
+        counters,
+        port: *port,
+        running: None,
+        last_us: 0,
+    }
+    .run(stack);
+    stack.poll();
+}
+
+/// One connection: recycle a closed socket as a listener, accept (or refuse with
+/// 503), send what is queued, read and answer requests, queue a generation (or
+/// refuse it with 503), time out slow and idle clients.
+fn tend_slot(slot: &mut Slot, stack: &mut Stack, ctx: &mut Ctx<'_>, buf: &mut [u8]) {
+    let api = ctx.api;
+    let sock = stack.sockets.get_mut::<tcp::Socket>(slot.handle);
+    if !sock.is_open() {
+        // Closed (by us or the peer): recycle the slot as a listener.
+        if slot.connected {
+            api.metrics.connections.fetch_sub(1, Relaxed);
+            if !slot.refused {
+                ctx.active = ctx.active.saturating_sub(1);
             }
-            slot.last_ms = time::uptime_ms();
-        }
-        let sock = stack.sockets.get_mut::<tcp::Socket>(slot.handle);
-        if !sock.is_open() {
-            // Closed (by us or the peer): recycle the slot as a listener.
-            if slot.connected {
-                api.metrics.connections.fetch_sub(1, Relaxed);
-            }
-            slot.conn = Connection::new();
-            slot.out.clear();
-            slot.close_after = false;
-            slot.job = None;
-            slot.started_ms = None;
-            slot.connected = false;
-            let _ = sock.listen(*port);
-            continue;
-        }
-        if !slot.connected && sock.state() == tcp::State::Established {
-            slot.connected = true;
-            slot.last_ms = time::uptime_ms();
-            counters.connections += 1;
-            api.metrics.connections.fetch_add(1, Relaxed);
-        }
-        // Send what is queued.
-        if !slot.out.is_empty() && sock.can_send() {
-            if let Ok(n) = sock.send_slice(&slot.out) {
-                slot.out.drain(..n);
-            }
-        }
-        if !slot.out.is_empty() {
-            continue;
-        }
-        if slot.close_after {
-            sock.close();
-            continue;
         }
         if slot.job.is_some() {
-            // Its generation waits for its turn; a pipelined next request waits too.
-            continue;
+            ctx.queued = ctx.queued.saturating_sub(1);
         }
-        while sock.can_recv() {
-            match sock.recv_slice(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    slot.last_ms = time::uptime_ms();
-                    slot.conn.feed(&buf[..n]);
-                    if slot.started_ms.is_none() && slot.conn.has_partial_request() {
-                        slot.started_ms = Some(time::uptime_ms());
-                    }
+        slot.reset();
+        let _ = sock.listen(ctx.port);
+        return;
+    }
+    // Established, or already half-closed by a client that sent its request and
+    // FIN at once.
+    if !slot.connected && sock.may_send() {
+        slot.connected = true;
+        slot.last_ms = time::uptime_ms();
+        ctx.counters.connections += 1;
+        api.metrics.connections.fetch_add(1, Relaxed);
+        if ctx.active >= MAX_CONNECTIONS {
+            // Over capacity: a quick 503 from the reserve, then close (the request,
+            // if any arrived, is never read).
+            slot.refused = true;
+            ctx.counters.refused += 1;
+            slot.out = api.overloaded_response();
+            slot.close_after = true;
+        } else {
+            ctx.active += 1;
+        }
+    }
+    // Send what is queued.
+    if !slot.out.is_empty() && sock.can_send() {
+        if let Ok(n) = sock.send_slice(&slot.out) {
+            slot.out.drain(..n);
+        }
+    }
+    if !slot.out.is_empty() {
+        return;
+    }
+    if slot.close_after {
+        sock.close();
+        return;
+    }
+    if slot.job.is_some() {
+        // Its generation waits for its turn; a pipelined next request waits too.
+        return;
+    }
+    while sock.can_recv() {
+        match sock.recv_slice(buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                slot.last_ms = time::uptime_ms();
+                slot.conn.feed(&buf[..n]);
+                if slot.started_ms.is_none() && slot.conn.has_partial_request() {
+                    slot.started_ms = Some(time::uptime_ms());
                 }
-            }
-        }
-        loop {
-            match slot.conn.next_event(api) {
-                Event::NeedMore => break,
-                Event::Respond { bytes, close } => {
-                    counters.responses += 1;
-                    slot.started_ms = None;
-                    slot.out.extend_from_slice(&bytes);
-                    if close {
-                        slot.close_after = true;
-                        break;
-                    }
-                }
-                Event::Generate(job) => {
-                    slot.started_ms = None;
-                    slot.job = Some(job);
-                    break;
-                }
-            }
-        }
-        if slot.job.is_none() && slot.out.is_empty() && !slot.close_after {
-            if !slot.conn.has_partial_request() {
-                slot.started_ms = None;
-            }
-            let late = slot
-                .started_ms
-                .is_some_and(|t| time::uptime_ms() - t > REQUEST_TIMEOUT_MS);
-            if late {
-                counters.timeouts += 1;
-                slot.out = api.timeout_response();
-                slot.close_after = true;
-            } else if slot.connected
-                && (sock.state() == tcp::State::CloseWait
-                    || time::uptime_ms() - slot.last_ms > IDLE_TIMEOUT_MS)
-            {
-                // The client finished sending (nothing is left to answer), or a
-                // keep-alive connection has been idle too long.
-                sock.close();
-            }
-        }
-        if !slot.out.is_empty() && sock.can_send() {
-            if let Ok(n) = sock.send_slice(&slot.out) {
-                slot.out.drain(..n);
             }
         }
     }
-    stack.poll();
+    loop {
+        match slot.conn.next_event(api) {
+            Event::NeedMore => break,
+            Event::Respond { bytes, close } => {
+                ctx.counters.responses += 1;
+                slot.started_ms = None;
+                slot.out.extend_from_slice(&bytes);
+                if close {
+                    slot.close_after = true;
+                    break;
+                }
+            }
+            Event::Generate(job) if ctx.queued >= MAX_QUEUE => {
+                // The queue is full: 503 now; the connection stays usable.
+                ctx.counters.busy += 1;
+                ctx.counters.responses += 1;
+                slot.started_ms = None;
+                slot.out.extend_from_slice(&api.busy_response(&job));
+                if !job.keep_alive {
+                    slot.close_after = true;
+                    break;
+                }
+            }
+            Event::Generate(job) => {
+                slot.started_ms = None;
+                slot.job = Some(job);
+                ctx.queued += 1;
+                break;
+            }
+        }
+    }
+    if slot.job.is_none() && slot.out.is_empty() && !slot.close_after {
+        if !slot.conn.has_partial_request() {
+            slot.started_ms = None;
+        }
+        let late = slot
+            .started_ms
+            .is_some_and(|t| time::uptime_ms() - t > REQUEST_TIMEOUT_MS);
+        if late {
+            ctx.counters.timeouts += 1;
+            slot.out = api.timeout_response();
+            slot.close_after = true;
+        } else if slot.connected
+            && (sock.state() == tcp::State::CloseWait
+                || time::uptime_ms() - slot.last_ms > IDLE_TIMEOUT_MS)
+        {
+            // The client finished sending (nothing is left to answer), or a
+            // keep-alive connection has been idle too long.
+            sock.close();
+        }
+    }
+    if !slot.out.is_empty() && sock.can_send() {
+        if let Ok(n) = sock.send_slice(&slot.out) {
+            slot.out.drain(..n);
+        }
+    }
+}
+
+/// One line for `status`: the API's requests by status class, open connections,
+/// queued generations and tokens served.
+pub fn status_line() -> String {
+    let guard = SERVER.lock();
+    let Some(srv) = guard.as_ref() else {
+        return "not running (no network interface)".to_string();
+    };
+    let open = srv.slots.iter().filter(|s| s.connected).count();
+    let queued = srv.slots.iter().filter(|s| s.job.is_some()).count();
+    let Some(api) = &srv.api else {
+        return format!("port {}, no request yet, {open} open connections", srv.port);
+    };
+    let m = &api.metrics;
+    let c = m.requests_by_class();
+    let total: u64 = c.iter().sum();
+    format!(
+        "{total} requests (2xx {}, 4xx {}, 5xx {}), {open} open connections, {queued} queued, {} tokens served",
+        c[2],
+        c[4],
+        c[5],
+        m.generated_tokens.load(Relaxed)
+    )
 }
 
 /// HTTP lines for `net`.
@@ -511,6 +680,10 @@ pub fn print_status(_stack: &Stack) {
         c.responses,
         c.generations,
         c.timeouts
+    );
+    println!(
+        "  overload: {} connections refused (over {MAX_CONNECTIONS}), {} generations refused (over {MAX_QUEUE} queued); 503 each",
+        c.refused, c.busy
     );
     if let Some(api) = &srv.api {
         println!(

@@ -526,6 +526,7 @@ fn status(st: &mut State) {
         Some(f) => println!("last:    {}", f.line()),
         None => println!("last:    no generation yet"),
     }
+    println!("api:     {}", crate::httpd::status_line());
 }
 
 fn mem(boot: &BootInfo) {

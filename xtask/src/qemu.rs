@@ -320,3 +320,191 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     }
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+// ---------------------------------------------------------------------------------
+// Helpers shared by the QEMU test suites (disk tests now; the kernel and network
+// tests script the same things): TCG options, disks on the command line (with
+// blkdebug error injection), a shell command and its output, shutdown, the serial
+// log on failure; and the host-side references the guest is compared with.
+// ---------------------------------------------------------------------------------
+
+/// The shell prompt.
+pub const PROMPT: &str = "embodios> ";
+
+impl Options {
+    /// TCG (`-cpu max`), SeaBIOS, no monitor: how the tests boot `iso`.
+    pub fn tcg(iso: &Path, cores: u32, mem: &str) -> Options {
+        Options {
+            iso: iso.to_path_buf(),
+            cores,
+            mem: mem.to_string(),
+            firmware: Firmware::Bios,
+            accel: Accel::Tcg,
+            monitor: None,
+        }
+    }
+}
+
+/// A raw disk image attached to a QEMU device.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    /// The `-device` without its `drive=` (`nvme,serial=x`, `virtio-blk-pci`).
+    pub device: String,
+    /// The raw image.
+    pub image: PathBuf,
+    /// A blkdebug rules file: reads go through QEMU's error-injection driver.
+    pub blkdebug: Option<PathBuf>,
+}
+
+impl Disk {
+    /// `image` on `device`, no error injection.
+    pub fn new(device: &str, image: &Path) -> Disk {
+        Disk {
+            device: device.to_string(),
+            image: image.to_path_buf(),
+            blkdebug: None,
+        }
+    }
+}
+
+/// `-drive`/`-device` arguments for `disks` (ids `d0`, `d1`, ...). A disk with
+/// blkdebug rules is raw over blkdebug over the file, so the raw driver's read events
+/// reach the rules.
+pub fn disk_args(disks: &[Disk]) -> Vec<String> {
+    let mut args = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        args.push("-drive".to_string());
+        args.push(match &d.blkdebug {
+            None => format!("file={},if=none,id=d{i},format=raw", d.image.display()),
+            Some(rules) => format!(
+                "if=none,id=d{i},driver=raw,file.driver=blkdebug,file.config={},\
+                 file.image.driver=file,file.image.filename={}",
+                rules.display(),
+                d.image.display()
+            ),
+        });
+        args.push("-device".to_string());
+        args.push(format!("{},drive=d{i}", d.device));
+    }
+    args
+}
+
+/// A blkdebug rules file failing, once, the first read that touches sector `sector`
+/// with EIO.
+pub fn blkdebug_rules(path: &Path, sector: u64) -> Result<(), String> {
+    let text = format!(
+        "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"{sector}\"\nonce = \"on\"\n"
+    );
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Session {
+    /// Waits for the end of boot (`boot took`) and the first prompt.
+    pub fn wait_prompt(&mut self, timeout: Duration) -> Result<Duration, String> {
+        self.wait_for("boot took", timeout)?;
+        self.wait_for(PROMPT, timeout)
+    }
+
+    /// Runs one shell command: types it, waits for its echo and the next prompt, and
+    /// returns what it printed (carriage returns removed).
+    pub fn run(&mut self, cmd: &str, timeout: Duration) -> Result<String, String> {
+        let before = self.out.lock().unwrap().len();
+        self.send(format!("{cmd}\r").as_bytes())?;
+        self.wait_for(&format!("{cmd}\r\n"), timeout)
+            .or_else(|_| self.wait_for(cmd, timeout))?;
+        self.wait_for(PROMPT, timeout)?;
+        let out = self.out.lock().unwrap();
+        let text = String::from_utf8_lossy(out.get(before..).unwrap_or(&out)).replace('\r', "");
+        Ok(text)
+    }
+
+    /// `shutdown`: QEMU must power off with status 0.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<(), String> {
+        self.send(b"shutdown\r")?;
+        match self.wait_exit(timeout)? {
+            0 => Ok(()),
+            code => Err(format!("shutdown: QEMU exit status {code}")),
+        }
+    }
+
+    /// `r`, with the whole serial output added to its error.
+    pub fn with_log<T>(&self, what: &str, r: Result<T, String>) -> Result<T, String> {
+        r.map_err(|e| format!("{what}: {e}\n--- serial output ---\n{}\n---", self.output()))
+    }
+}
+
+/// Fails unless `text` holds every one of `wants`, or if it shows a kernel panic.
+pub fn expect_all(what: &str, text: &str, wants: &[&str]) -> Result<(), String> {
+    for w in wants {
+        if !text.contains(w) {
+            return Err(format!("{what}: expected {w:?} in:\n{text}"));
+        }
+    }
+    if text.contains("KERNEL PANIC") {
+        return Err(format!("{what}: kernel panic:\n{text}"));
+    }
+    Ok(())
+}
+
+/// SmolLM2: `$EMBODIOS_MODEL_SMOLLM2_135M`, else the model cache (fetched if needed).
+pub fn smollm2_path() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("EMBODIOS_MODEL_SMOLLM2_135M") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let spec = crate::models::find(crate::models::DEFAULT_MODEL)?;
+    crate::models::fetch(spec)
+        .map_err(|e| format!("model not found: run `cargo xtask fetch-model` ({e})"))
+}
+
+/// The engine's tiny random llama (SmolLM2's tokenizer and chat template), written
+/// into `dir` by its `write_random_llama` example.
+pub fn tiny_model(dir: &Path) -> Result<PathBuf, String> {
+    let tiny = dir.join("tiny-llama.gguf");
+    let status = Command::new("cargo")
+        .current_dir(crate::workspace_root())
+        .args(["run", "-q", "--release", "-p", "embodios-engine"])
+        .args(["--example", "write_random_llama", "--"])
+        .arg(&tiny)
+        .arg(smollm2_path()?)
+        .status()
+        .map_err(|e| format!("running write_random_llama: {e}"))?;
+    if !status.success() {
+        return Err(format!("write_random_llama failed ({status})"));
+    }
+    Ok(tiny)
+}
+
+/// The host CLI's greedy completion (`embodios run --temp 0 --json`): the text the
+/// guest must produce.
+pub fn host_greedy(model: &Path, prompt: &str, tokens: usize) -> Result<String, String> {
+    let out = Command::new("cargo")
+        .current_dir(crate::workspace_root())
+        .args(["run", "-q", "--release", "-p", "embodios-cli"])
+        .args(["--bin", "embodios", "--", "run", "--temp", "0", "--json"])
+        .args(["-n", &tokens.to_string(), "-p", prompt, "-m"])
+        .arg(model)
+        .output()
+        .map_err(|e| format!("running the host CLI: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "host CLI failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or("the host CLI printed no JSON line")?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("host CLI JSON: {e}"))?;
+    v["text"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| "host CLI JSON has no text".to_string())
+}

@@ -120,6 +120,19 @@ impl Metrics {
         self.requests[endpoint.index()][status_index(status)].load(Relaxed)
     }
 
+    /// Requests answered so far by status class: index 2 counts 2xx, ..., 5 counts 5xx;
+    /// index 0 the statuses not counted separately (no class known).
+    pub fn requests_by_class(&self) -> [u64; 6] {
+        let mut classes = [0u64; 6];
+        for row in &self.requests {
+            for (status, n) in STATUSES.iter().zip(row) {
+                let class = usize::from(*status / 100).min(5);
+                classes[class] += n.load(Relaxed);
+            }
+        }
+        classes
+    }
+
     pub fn set_last_tok_per_s(&self, v: f64) {
         self.last_tok_per_s.store(v.to_bits(), Relaxed);
     }

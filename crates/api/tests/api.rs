@@ -908,6 +908,11 @@ fn metrics_count_requests_tokens_and_memory() {
         text.contains("embodios_last_decode_tokens_per_second"),
         "{text}"
     );
+    // By class (the kernel's `status` line): the generation and /metrics, the 404,
+    // and a refused connection's 503.
+    api.overloaded_response();
+    let c = api.metrics.requests_by_class();
+    assert_eq!((c[0], c[1], c[2], c[3], c[4], c[5]), (0, 0, 2, 0, 1, 1));
 }
 
 #[test]

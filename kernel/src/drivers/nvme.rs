@@ -292,7 +292,8 @@ impl Nvme {
     /// whole number of blocks, with up to `DEPTH` commands in flight.
     fn read_raw(&mut self, lba: u64, addr: u64, len: u64) -> Result<(), DiskError> {
         let bs = u64::from(self.lba_size);
-        let mut slots: [Option<u64>; DEPTH] = [None; DEPTH];
+        // Per command slot: when it was submitted, its first block and block count.
+        let mut slots: [Option<(u64, u64, u64)>; DEPTH] = [None; DEPTH];
         let mut next = 0u64;
         let mut result = Ok(());
         loop {
@@ -310,7 +311,7 @@ impl Nvme {
                 c[11] = (start >> 32) as u32;
                 c[12] = (n / bs - 1) as u32;
                 self.submit(true, &c);
-                slots[slot] = Some(time::uptime_ms());
+                slots[slot] = Some((time::uptime_ms(), start, n / bs));
                 next += n;
             }
             if slots.iter().all(Option::is_none) {
@@ -319,14 +320,17 @@ impl Nvme {
             match self.poll(true) {
                 Some(c) => {
                     let i = usize::from(c.cid);
-                    if i >= DEPTH || slots[i].is_none() {
+                    let Some((_, first, count)) = slots.get_mut(i).and_then(Option::take) else {
                         return Err(DiskError::Timeout {
                             what: "NVMe completion for an unknown command",
                         });
-                    }
-                    slots[i] = None;
+                    };
                     if c.status & 0x7ff != 0 && result.is_ok() {
-                        result = Err(status_error(c.status));
+                        result = Err(DiskError::Failed {
+                            lba: first,
+                            count,
+                            cause: alloc::boxed::Box::new(status_error(c.status)),
+                        });
                     }
                 }
                 None => {
@@ -337,7 +341,7 @@ impl Nvme {
                     if slots
                         .iter()
                         .flatten()
-                        .any(|&t| now - t > COMMAND_TIMEOUT_MS)
+                        .any(|&(t, _, _)| now - t > COMMAND_TIMEOUT_MS)
                     {
                         // Commands are still outstanding: stop the controller so none
                         // of them can write into the caller's buffer later.

@@ -183,12 +183,20 @@ impl BlockDevice for VirtioBlk {
                     let r = unsafe { self.dev.complete_read_blocks(*token, req, piece, resp) };
                     if let Err(e) = r {
                         if result.is_ok() {
-                            result = Err(match resp.status() {
-                                RespStatus::IO_ERR => DiskError::Virtio("I/O error".into()),
-                                RespStatus::UNSUPPORTED => {
-                                    DiskError::Virtio("request unsupported".into())
-                                }
+                            let cause = match resp.status() {
+                                RespStatus::IO_ERR => DiskError::Virtio(
+                                    "the device reported an I/O error (VIRTIO_BLK_S_IOERR)".into(),
+                                ),
+                                RespStatus::UNSUPPORTED => DiskError::Virtio(
+                                    "the device does not support the request (VIRTIO_BLK_S_UNSUPP)"
+                                        .into(),
+                                ),
                                 _ => virtio_err(e),
+                            };
+                            result = Err(DiskError::Failed {
+                                lba: lba + (p.start / SECTOR_SIZE) as u64,
+                                count: (p.len / SECTOR_SIZE) as u64,
+                                cause: alloc::boxed::Box::new(cause),
                             });
                         }
                     }

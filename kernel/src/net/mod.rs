@@ -12,10 +12,11 @@ use core::net::Ipv4Addr;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
-use smoltcp::socket::{dhcpv4, icmp};
+use smoltcp::socket::{dhcpv4, icmp, tcp, Socket};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Cidr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, Icmpv4Packet, Icmpv4Repr,
+    IpAddress, IpCidr, IpProtocol, Ipv4Cidr, Ipv4Packet, TcpPacket,
 };
 
 use crate::arch::x86_64::time;
@@ -48,6 +49,41 @@ pub struct Counters {
     pub tx_bytes: u64,
     /// Frames dropped because the transmit ring was full.
     pub tx_dropped: u64,
+    /// Connection requests (SYNs) held back because no socket listened (the
+    /// client's TCP sends them again).
+    pub syn_deferred: u64,
+}
+
+/// Holds back SYNs to one port beyond the sockets listening on it. smoltcp answers a
+/// SYN that no socket accepts with a reset; dropped instead, it is retransmitted by
+/// the client a moment later, when a socket listens again (the HTTP server recycles
+/// them quickly and keeps a reserve for 503 answers).
+#[derive(Debug, Clone, Copy)]
+pub struct SynGuard {
+    port: u16,
+    /// SYNs to `port` that may still pass before the next count of listeners.
+    budget: usize,
+}
+
+/// Whether `frame` is an Ethernet/IPv4 TCP segment opening a connection (SYN
+/// without ACK) to `port`.
+fn is_syn_to(frame: &[u8], port: u16) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return false;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+        return false;
+    };
+    if ip.next_header() != IpProtocol::Tcp {
+        return false;
+    }
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+        return false;
+    };
+    tcp.syn() && !tcp.ack() && tcp.dst_port() == port
 }
 
 /// The NIC with counters, as a smoltcp device.
@@ -55,6 +91,15 @@ pub struct Device {
     nic: Box<dyn Nic>,
     /// Traffic so far.
     pub counters: Counters,
+    guard: Option<SynGuard>,
+}
+
+impl Device {
+    /// Holds back SYNs to `port` that no listening socket could take (see
+    /// [`SynGuard`]).
+    pub fn guard_syns(&mut self, port: u16) {
+        self.guard = Some(SynGuard { port, budget: 0 });
+    }
 }
 
 /// A received frame handed to smoltcp.
@@ -88,10 +133,21 @@ impl phy::Device for Device {
     type TxToken<'a> = Tx<'a>;
 
     fn receive(&mut self, _now: Instant) -> Option<(Rx, Tx<'_>)> {
-        let frame = self.nic.receive()?;
-        self.counters.rx_frames += 1;
-        self.counters.rx_bytes += frame.len() as u64;
-        Some((Rx(frame), Tx(self)))
+        loop {
+            let frame = self.nic.receive()?;
+            self.counters.rx_frames += 1;
+            self.counters.rx_bytes += frame.len() as u64;
+            if let Some(g) = &mut self.guard {
+                if is_syn_to(&frame, g.port) {
+                    if g.budget == 0 {
+                        self.counters.syn_deferred += 1;
+                        continue;
+                    }
+                    g.budget -= 1;
+                }
+            }
+            return Some((Rx(frame), Tx(self)));
+        }
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Tx<'_>> {
@@ -254,6 +310,7 @@ pub fn init(cmdline: &str) {
     let mut device = Device {
         nic,
         counters: Counters::default(),
+        guard: None,
     };
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     config.random_seed = crate::arch::x86_64::io::rdtsc();
@@ -315,6 +372,19 @@ fn mac_text(m: [u8; 6]) -> String {
 impl Stack {
     /// Moves frames and timers once; applies DHCP results.
     pub fn poll(&mut self) {
+        if let Some(g) = &mut self.device.guard {
+            let port = g.port;
+            g.budget = self
+                .sockets
+                .iter()
+                .filter(|(_, s)| match s {
+                    Socket::Tcp(t) => {
+                        t.state() == tcp::State::Listen && t.listen_endpoint().port == port
+                    }
+                    _ => false,
+                })
+                .count();
+        }
         self.iface.poll(now(), &mut self.device, &mut self.sockets);
         let Some(h) = self.dhcp else { return };
         let had_address = self.address().is_some();
@@ -407,6 +477,10 @@ pub fn print_status() {
         println!(
             "  received: {} frames, {} bytes; sent: {} frames, {} bytes, {} dropped",
             c.rx_frames, c.rx_bytes, c.tx_frames, c.tx_bytes, c.tx_dropped
+        );
+        println!(
+            "  SYNs held back (no listening socket; the client retries): {}",
+            c.syn_deferred
         );
         crate::httpd::print_status(s);
     });

@@ -28,8 +28,17 @@ pub enum DiskLoadError {
         /// Bytes needed.
         need: u64,
     },
-    /// The read failed part-way (the memory was freed).
-    Read(FatError),
+    /// A read failed (the memory taken for the file was freed).
+    Read {
+        /// The disk and its driver (`disk0 (nvme)`).
+        disk: String,
+        /// Bytes of the file read before the piece (up to 8 MiB) that failed.
+        at: u64,
+        /// The file's size (and so the memory taken and freed).
+        size: u64,
+        /// The device's or the file system's error.
+        error: FatError,
+    },
     /// The `.sha256` file beside the model disagrees.
     Digest {
         /// Digest in the `.sha256` file.
@@ -53,7 +62,27 @@ impl fmt::Display for DiskLoadError {
                 "no free run of {} of physical memory for the model",
                 human_bytes(*need)
             ),
-            DiskLoadError::Read(e) => write!(f, "read failed, memory freed: {e}"),
+            DiskLoadError::Read {
+                disk,
+                at,
+                size,
+                error,
+            } => {
+                write!(
+                    f,
+                    "read error on {disk} ({at} of the file's {size} bytes were read before \
+                     the failing piece): "
+                )?;
+                match error {
+                    FatError::Read(e) => write!(f, "{e}")?,
+                    other => write!(f, "{other}")?,
+                }
+                write!(
+                    f,
+                    "; the {} taken for the file were freed, other models are untouched",
+                    human_bytes(*size)
+                )
+            }
             DiskLoadError::Digest { want, got } => write!(
                 f,
                 "SHA-256 mismatch, file corrupted: the .sha256 file says {want}, the data is {got}"
@@ -109,11 +138,19 @@ pub fn read_model(
             .then(|| FrameBuffer::new(size as usize))
             .flatten()
         else {
-            return Ok((Err(size), sidecar));
+            let e = if size == 0 {
+                DiskLoadError::Empty
+            } else {
+                DiskLoadError::OutOfMemory { need: size }
+            };
+            return Ok((Err(e), sidecar));
         };
+        // Bytes read so far (the progress callback's count), for an error message.
+        let mut reached = 0u64;
         let t0 = time::uptime_us();
         let mut last_draw = 0u64;
         let mut draw = |done: u64| {
+            reached = done;
             let now = time::uptime_us();
             if done < size && now - last_draw < 200_000 {
                 return;
@@ -147,18 +184,19 @@ pub fn read_model(
                 Ok((Ok(buf), sidecar))
             }
             // `buf` drops here: the frames go back.
-            Err(e) => Err(PathError::Fs(e)),
+            Err(error) => Ok((
+                Err(DiskLoadError::Read {
+                    disk: format!("{} ({})", disk.name, disk.dev.driver()),
+                    at: reached,
+                    size,
+                    error,
+                }),
+                sidecar,
+            )),
         }
     })
-    .map_err(|e| match e {
-        PathError::Fs(f @ FatError::Read(_)) => DiskLoadError::Read(f),
-        other => DiskLoadError::Path(other),
-    })?;
-    let buf = match buf {
-        Ok(b) => b,
-        Err(0) => return Err(DiskLoadError::Empty),
-        Err(need) => return Err(DiskLoadError::OutOfMemory { need }),
-    };
+    .map_err(DiskLoadError::Path)?;
+    let buf = buf?;
     if let Some(text) = digest_file {
         let want = core::str::from_utf8(&text)
             .ok()
@@ -166,11 +204,15 @@ pub fn read_model(
             .filter(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(str::to_ascii_lowercase)
             .ok_or(DiskLoadError::BadDigestFile)?;
+        let t0 = time::uptime_ms();
         let got = hex(&Sha256::digest(buf.as_slice()));
         if got != want {
             return Err(DiskLoadError::Digest { want, got });
         }
-        println!("SHA-256 matches {path}.sha256");
+        println!(
+            "SHA-256 matches {path}.sha256 ({} ms)",
+            time::uptime_ms() - t0
+        );
     }
     // Check before giving the frames away for good; a refused file frees them.
     match embodios_gguf::GgufFile::parse(buf.as_slice()) {

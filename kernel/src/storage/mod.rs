@@ -51,6 +51,15 @@ pub enum DiskError {
     OutOfMemory,
     /// The device lacks something this driver needs.
     Unsupported(String),
+    /// A read command failed: which sectors, and the device's answer.
+    Failed {
+        /// First sector of the failed command.
+        lba: u64,
+        /// Sectors it asked for.
+        count: u64,
+        /// What the device said.
+        cause: Box<DiskError>,
+    },
 }
 
 impl fmt::Display for DiskError {
@@ -80,6 +89,11 @@ impl fmt::Display for DiskError {
             DiskError::BadLength(n) => write!(f, "{n} bytes is not a whole number of sectors"),
             DiskError::OutOfMemory => f.write_str("out of memory for the transfer"),
             DiskError::Unsupported(why) => write!(f, "unsupported device: {why}"),
+            DiskError::Failed { lba, count, cause } => write!(
+                f,
+                "{cause} (reading sectors {lba}..{})",
+                lba.saturating_add(*count)
+            ),
         }
     }
 }
