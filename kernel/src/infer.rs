@@ -466,6 +466,19 @@ impl Utf8Out {
     }
 }
 
+/// The text `pieces` of token bytes stream as (for the in-kernel tests).
+pub fn stream_utf8(pieces: &[&[u8]]) -> String {
+    let mut out = Utf8Out {
+        pending: Vec::new(),
+    };
+    let mut text = String::new();
+    for p in pieces {
+        out.push(p, &mut |s| text.push_str(s));
+    }
+    out.finish(&mut |s| text.push_str(s));
+    text
+}
+
 /// Heap allocations seen while decoding (after the warm-up tokens).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllocCount {
@@ -510,6 +523,7 @@ fn run(
         .to_string());
     }
     let threads = parallel::threads();
+    let _hot = parallel::HotPool::new();
     let heap_before = crate::mem::stats().heap_used;
     crate::mem::reset_peak();
     let mut sampler = Sampler::new(sampler);

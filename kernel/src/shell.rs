@@ -461,10 +461,12 @@ fn model_info(st: &mut State) {
         }
     );
     println!("  tensor types:  {}", s.quant_mix_text());
+    let at = slot.bytes.as_ptr() as u64;
+    let (large, _) = crate::arch::x86_64::paging::page_coverage(at, at + slot.bytes.len() as u64);
     println!(
-        "  memory:        weights {} in place (boot module at {:#x}, 2 MiB pages), KV cache {}",
+        "  memory:        weights {} in place (at {at:#x}, {}% mapped with 2 MiB pages), KV cache {}",
         human_bytes(slot.bytes.len() as u64),
-        slot.bytes.as_ptr() as usize,
+        (large * 100).checked_div(slot.bytes.len() as u64).unwrap_or(0),
         human_bytes(l.kv_bytes as u64),
     );
     println!("  beyond:        {}", l.memory_line());
@@ -580,11 +582,14 @@ fn mem(boot: &BootInfo) {
         k.end
     );
     for m in boot.modules() {
+        let (large, small) = crate::arch::x86_64::paging::page_coverage(m.start, m.end);
         println!(
-            "module: {} ({} KiB at {:#x})",
+            "module: {} ({} KiB at {:#x}; mapped {} KiB with 2 MiB pages, {} KiB with 4 KiB pages)",
             m.name.as_str(),
             (m.end - m.start) / 1024,
-            m.start
+            m.start,
+            large / 1024,
+            small / 1024
         );
     }
 }
