@@ -192,6 +192,12 @@ fn run_current_job(worker: usize) {
 /// matrix product).
 static HOT: AtomicBool = AtomicBool::new(false);
 
+/// How long a worker spins after a job before it halts, µs. Within one token the
+/// products follow each other within microseconds; a longer gap (sampling, the console,
+/// a slow emulator) is not worth burning a core on, and under an emulator on a busy host
+/// a spinning virtual CPU takes host time from the one doing the work.
+const SPIN_US: u64 = 500;
+
 /// Keeps the workers spinning between jobs (`true`) or lets them halt (`false`).
 pub fn set_hot(on: bool) {
     HOT.store(on, Ordering::SeqCst);
@@ -200,15 +206,17 @@ pub fn set_hot(on: bool) {
 fn worker_loop(slot: usize) -> ! {
     let me = &PERCPU[slot];
     let mut seen = GENERATION.load(Ordering::SeqCst);
+    let mut idle_since = 0;
     loop {
         let g = GENERATION.load(Ordering::SeqCst);
         if g != seen {
             seen = g;
             run_current_job(slot);
             REMAINING.fetch_sub(1, Ordering::SeqCst);
+            idle_since = time::uptime_us();
             continue;
         }
-        if HOT.load(Ordering::Relaxed) {
+        if HOT.load(Ordering::Relaxed) && time::uptime_us().saturating_sub(idle_since) < SPIN_US {
             me.spinning.store(true, Ordering::SeqCst);
             core::hint::spin_loop();
             continue;
