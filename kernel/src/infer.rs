@@ -289,7 +289,16 @@ impl Perf {
         self.prefill_us += s.prefill_us;
         self.decode_us += s.decode_us;
         self.decoded += s.token_latencies_us.len();
-        self.last = Some(f);
+        // The record outlives the generation: keep its name in one buffer, sized once,
+        // so that a generation leaves the heap as it found it (unloading a model then
+        // gives back exactly what loading it took).
+        let mut name = match self.last.take() {
+            Some(last) => last.model,
+            None => String::with_capacity(64),
+        };
+        name.clear();
+        name.push_str(&f.model);
+        self.last = Some(Figures { model: name, ..f });
     }
 
     /// Prints the `perf` report.
@@ -532,7 +541,6 @@ fn run(
     let mut utf8 = Utf8Out {
         pending: Vec::with_capacity(64),
     };
-    let mut bytes: Vec<u8> = Vec::with_capacity(64);
     let mut stats = GenerationStats::default();
 
     let mut stop = None;
@@ -586,9 +594,7 @@ fn run(
             if !bench && m.tokenizer.is_eog(token) {
                 break StopReason::EndOfGeneration(token);
             }
-            bytes.clear();
-            bytes.extend_from_slice(m.tokenizer.token_to_piece(token, false));
-            utf8.push(&bytes, &mut |s| print(s));
+            utf8.push(m.tokenizer.token_to_piece(token, false), &mut |s| print(s));
             if interrupted() {
                 break StopReason::Cancelled;
             }

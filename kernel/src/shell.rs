@@ -245,11 +245,13 @@ pub fn execute(line: &str, st: &mut State) {
                     let before = crate::mem::heap_available();
                     match st.registry.unload(name) {
                         Ok(()) => {
+                            // Read before anything else is allocated for the message.
                             let after = crate::mem::heap_available();
+                            let heap = crate::mem::heap_line();
                             println!(
-                                "unloaded `{name}`; {} returned to the heap ({} bytes); heap free: {after} bytes",
+                                "unloaded `{name}`; {} returned to the heap ({} bytes); heap: {heap}",
                                 human_bytes(after.saturating_sub(before)),
-                                after.saturating_sub(before)
+                                after.saturating_sub(before),
                             )
                         }
                         Err(e) => println!("unload: {e}"),
@@ -516,13 +518,13 @@ fn status(st: &mut State) {
     println!("uptime:  {}.{:03} s", us / 1_000_000, (us / 1000) % 1000);
     let s = crate::mem::stats();
     println!(
-        "memory:  {} MiB usable, {} KiB used, heap {} of {} KiB, {} bytes free",
+        "memory:  {} MiB usable, {} KiB used, heap {} of {} KiB",
         s.usable_bytes >> 20,
         used_kib(&s),
         s.heap_used / 1024,
         s.heap_total / 1024,
-        crate::mem::heap_available()
     );
+    println!("heap:    {}", crate::mem::heap_line());
     println!(
         "cores:   {} online, inference uses {}",
         smp::online_cpus(),

@@ -1127,8 +1127,25 @@ pub struct ModelRun {
     pub free_heap: (u64, u64),
 }
 
-/// Bytes the free heap may differ by before a load and after its unload.
+/// Bytes the free heap may differ by before a load and after its unload, with the same
+/// live allocations: talc's per-gap bookkeeping depends on where the gaps lie.
 const FREE_HEAP_SLACK: u64 = 256;
+
+/// `N bytes free, N bytes in N allocations, N free pieces` after `after` in `text`.
+fn heap_numbers(text: &str, after: &str) -> Result<Vec<u64>, String> {
+    let line = text
+        .lines()
+        .find_map(|l| l.split_once(after).map(|(_, r)| r))
+        .ok_or_else(|| format!("no heap line ({after:?}) in:\n{text}"))?;
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    if nums.len() != 4 {
+        return Err(format!("bad heap line {line:?}"));
+    }
+    Ok(nums)
+}
 
 /// Memory beyond the weights SmolLM2 Q4_1 may take at context 512 (issue 5's bound).
 const SMOLLM2_BEYOND_MAX: u64 = 25_000_000;
@@ -1405,8 +1422,7 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
             "load smollm2 --ctx 512",
             &["loaded `smollm2`", "context 512", "beyond the weights"],
         )?;
-        let free_before = number_before(output_of(&secs, "status", 0)?, "heap ", " bytes free")
-            .ok_or("status shows no free heap bytes")?;
+        let heap_before = heap_numbers(output_of(&secs, "status", 0)?, "heap:    ")?;
         expect_in(
             output_of(&secs, "load gemma", 0)?,
             "load gemma",
@@ -1442,17 +1458,17 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
             "generate (gemma)",
             &["gemma:", &format!("{GEMMA_TOKENS} generated")],
         )?;
-        let unload = output_of(&secs, "unload gemma", 0)?;
-        let free_after = number_before(unload, "heap free: ", " bytes")
-            .ok_or_else(|| format!("`unload gemma` did not print the free heap:\n{unload}"))?;
-        // Every byte Gemma took comes back; what may differ is a few bytes of what
-        // outlives a generation (the record of the last one names `gemma` instead of
-        // `tiny`) and the allocator's bookkeeping for where that record landed.
-        let memory_delta = free_before.abs_diff(free_after);
-        if memory_delta > FREE_HEAP_SLACK {
+        let heap_after = heap_numbers(output_of(&secs, "unload gemma", 0)?, "; heap: ")?;
+        // Every allocation Gemma's load and generation made is gone (same bytes in the
+        // same number of live allocations as before the load), and the free heap is back
+        // to what it was but for the allocator's bookkeeping of where the gaps lie.
+        let (free_before, free_after) = (heap_before[0], heap_after[0]);
+        if heap_after[1..3] != heap_before[1..3]
+            || free_before.abs_diff(free_after) > FREE_HEAP_SLACK
+        {
             return Err(format!(
-                "unloading Gemma left {free_after} heap bytes free, {free_before} before it was \
-                 loaded ({memory_delta} bytes apart, at most {FREE_HEAP_SLACK} allowed)"
+                "the heap after `unload gemma` differs from before `load gemma`: \
+                 (free bytes, bytes allocated, allocations, free pieces) {heap_after:?}, before {heap_before:?}"
             ));
         }
         let smollm2_line = check_gen(FRANCE, &host_smollm2, "SmolLM2 (after unloading Gemma)")?;

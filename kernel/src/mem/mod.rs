@@ -63,3 +63,19 @@ pub fn reset_peak() {
 pub fn peak_bytes() -> u64 {
     crate::arch::x86_64::memory::peak_bytes()
 }
+
+/// A one-line account of the heap for `status` and `unload`: free bytes, bytes in live
+/// allocations and their count, free pieces.
+pub fn heap_line() -> alloc::string::String {
+    // Every figure is read before the line itself is allocated.
+    let s = stats();
+    let (free, pieces) = (
+        heap_available(),
+        crate::arch::x86_64::memory::heap_fragments(),
+    );
+    alloc::format!(
+        "{free} bytes free, {} bytes in {} allocations, {pieces} free pieces",
+        s.heap_used,
+        s.heap_allocations,
+    )
+}

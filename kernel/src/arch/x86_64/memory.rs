@@ -304,6 +304,11 @@ pub fn heap_available() -> u64 {
     HEAP.lock().counters().available_bytes as u64
 }
 
+/// Free pieces of the heap (gaps between allocations).
+pub fn heap_fragments() -> u64 {
+    HEAP.lock().counters().fragment_count as u64
+}
+
 /// Writes `value` over `len` bytes of physical memory at `addr` and reads it back
 /// (frame-allocator test helper).
 pub fn fill_and_check(addr: u64, len: usize, value: u8) -> bool {
