@@ -1127,10 +1127,6 @@ pub struct ModelRun {
     pub free_heap: (u64, u64),
 }
 
-/// Bytes the free heap may differ by before a load and after its unload, with the same
-/// live allocations: talc's per-gap bookkeeping depends on where the gaps lie.
-const FREE_HEAP_SLACK: u64 = 256;
-
 /// `N bytes free, N bytes in N allocations, N free pieces` after `after` in `text`.
 fn heap_numbers(text: &str, after: &str) -> Result<Vec<u64>, String> {
     let line = text
@@ -1212,6 +1208,7 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
         format!("generate {GEMMA_PROMPT}"),
         "switch smollm2".into(),
         "unload gemma".into(),
+        "status".into(),
         format!("set max_tokens {SMOLLM2_TOKENS}"),
         format!("generate {FRANCE}"),
         "model".into(),
@@ -1458,14 +1455,16 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
             "generate (gemma)",
             &["gemma:", &format!("{GEMMA_TOKENS} generated")],
         )?;
-        let heap_after = heap_numbers(output_of(&secs, "unload gemma", 0)?, "; heap: ")?;
-        // Every allocation Gemma's load and generation made is gone (same bytes in the
-        // same number of live allocations as before the load), and the free heap is back
-        // to what it was but for the allocator's bookkeeping of where the gaps lie.
+        expect_in(
+            output_of(&secs, "unload gemma", 0)?,
+            "unload gemma",
+            &["unloaded `gemma`", "returned to the heap"],
+        )?;
+        let heap_after = heap_numbers(output_of(&secs, "status", 1)?, "heap:    ")?;
+        // Every byte Gemma's load and generation took is back: the same free bytes, the
+        // same live allocations and the same free pieces as before `load gemma`.
         let (free_before, free_after) = (heap_before[0], heap_after[0]);
-        if heap_after[1..3] != heap_before[1..3]
-            || free_before.abs_diff(free_after) > FREE_HEAP_SLACK
-        {
+        if heap_after != heap_before {
             return Err(format!(
                 "the heap after `unload gemma` differs from before `load gemma`: \
                  (free bytes, bytes allocated, allocations, free pieces) {heap_after:?}, before {heap_before:?}"
@@ -1511,7 +1510,7 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
             &["is not loaded"],
         )?;
         expect_in(
-            output_of(&secs, "status", 1)?,
+            output_of(&secs, "status", 2)?,
             "status",
             &[
                 "uptime:",
