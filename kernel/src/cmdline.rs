@@ -1,5 +1,5 @@
 //! Kernel command line options (from GRUB's `multiboot2` line), e.g. `test`, `quiet`,
-//! `model=NAME`, `threads=N`, `exec="cmd; cmd"`.
+//! `model=NAME`, `threads=N`, `ctx=N`, `exec="cmd; cmd"`.
 
 /// Options the kernel understands; unknown words are ignored. Values borrow from the
 /// command line (no allocation: the flags are needed before the heap exists).
@@ -25,6 +25,8 @@ pub struct Options<'a> {
     pub bad_threads: Option<&'a str>,
     /// Shell commands to run at boot, separated by `;` (`exec="cmd; cmd"`).
     pub exec: Option<&'a str>,
+    /// Context positions `load` gives a model by default (`ctx=N`).
+    pub context: Option<usize>,
 }
 
 /// Splits a command line into words at spaces outside double quotes. GRUB quotes a
@@ -84,6 +86,7 @@ impl<'a> Options<'a> {
                     _ => o.bad_threads = Some(v),
                 },
                 ("exec", Some(v)) => o.exec = Some(v),
+                ("ctx", Some(v)) => o.context = v.parse::<usize>().ok().filter(|&n| n > 0),
                 _ => {}
             }
         }

@@ -7,7 +7,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use embodios_engine::{
-    Detokenize, Generation, GenerationStats, Generator, Message, Sampler, SamplerConfig, StopReason,
+    Clock, GenerateError, Generation, GenerationStats, Message, Sampler, SamplerConfig, StopReason,
 };
 
 use crate::models::{Loaded, Registry};
@@ -272,17 +272,33 @@ pub struct Perf {
     pub decode_us: u64,
     /// Tokens decoded after first tokens.
     pub decoded: usize,
+    /// Allocations counted in the last generation's decode loop.
+    pub last_allocs: AllocCount,
+    /// Allocations counted in every decode loop since boot.
+    pub allocs: AllocCount,
 }
 
 impl Perf {
-    fn record(&mut self, f: Figures, s: &GenerationStats) {
+    fn record(&mut self, f: Figures, s: &GenerationStats, allocs: AllocCount) {
         self.generations += 1;
+        self.last_allocs = allocs;
+        self.allocs.tokens += allocs.tokens;
+        self.allocs.allocations += allocs.allocations;
         self.prompt_tokens += s.prompt_tokens;
         self.gen_tokens += s.generated_tokens;
         self.prefill_us += s.prefill_us;
         self.decode_us += s.decode_us;
         self.decoded += s.token_latencies_us.len();
-        self.last = Some(f);
+        // The record outlives the generation: keep its name in one buffer, sized once,
+        // so that a generation leaves the heap as it found it (unloading a model then
+        // gives back exactly what loading it took).
+        let mut name = match self.last.take() {
+            Some(last) => last.model,
+            None => String::with_capacity(64),
+        };
+        name.clear();
+        name.push_str(&f.model);
+        self.last = Some(Figures { model: name, ..f });
     }
 
     /// Prints the `perf` report.
@@ -301,6 +317,12 @@ impl Perf {
                     f.itl_p50_ms, f.itl_p99_ms, f.itl_max_ms, f.itl_stddev_ms
                 );
                 println!("  cores used:       {}", f.threads);
+                println!(
+                    "  heap allocations: {} in {} decoded tokens after the first {WARM_UP_TOKENS} ({} per token)",
+                    self.last_allocs.allocations,
+                    self.last_allocs.tokens,
+                    per_token(self.last_allocs)
+                );
             }
         }
         let rate = |n: usize, us: u64| {
@@ -319,23 +341,23 @@ impl Perf {
             rate(self.prompt_tokens, self.prefill_us),
             rate(self.decoded, self.decode_us)
         );
+        println!(
+            "session heap allocations while decoding: {} in {} tokens ({} per token)",
+            self.allocs.allocations,
+            self.allocs.tokens,
+            per_token(self.allocs)
+        );
     }
 }
 
-/// The tokenizer as the generator sees it; `ignore_eog` lets `bench` always run the
-/// full token budget.
-struct Detok<'t> {
-    tok: &'t embodios_tokenizer::Tokenizer,
-    ignore_eog: bool,
-}
-
-impl Detokenize for Detok<'_> {
-    fn token_bytes(&self, id: u32, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.tok.token_to_piece(id, false));
-    }
-
-    fn is_eog(&self, id: u32) -> bool {
-        !self.ignore_eog && self.tok.is_eog(id)
+/// Allocations per token as text (`0`, `0.25`, or `-` when nothing was counted).
+fn per_token(a: AllocCount) -> String {
+    if a.tokens == 0 {
+        "-".to_string()
+    } else if a.allocations == 0 {
+        "0".to_string()
+    } else {
+        format!("{:.2}", a.allocations as f64 / a.tokens as f64)
     }
 }
 
@@ -349,20 +371,143 @@ pub fn take_pending() -> Vec<u8> {
 }
 
 /// Reads serial and keyboard input; true when Ctrl-C was pressed (the rest is kept).
+/// Allocates only when input arrived.
 fn interrupted() -> bool {
     let mut input = Vec::new();
     while let Some(b) = crate::drivers::serial::read_byte() {
         input.push(b);
     }
     crate::drivers::keyboard::poll(&mut input);
+    if input.is_empty() {
+        return false;
+    }
     let stop = input.contains(&0x03);
     input.retain(|&b| b != 0x03);
     PENDING.lock().extend_from_slice(&input);
     stop
 }
 
+/// Tokens per prefill call. A prompt is evaluated in pieces so that Ctrl-C is seen
+/// between them and the batch scratch the session keeps stays small (about 58 KiB per
+/// token of a piece for SmolLM2).
+pub const PREFILL_PIECE: usize = 16;
+
+/// The engine evaluates one call in micro-batches of this many tokens (llama.cpp's
+/// default `n_ubatch`, which the engine follows).
+const UBATCH: usize = 512;
+
+/// From this many tokens on, a batch is rounded as a "tiled" batch (the engine's
+/// `DotOrder::for_batch`: 1 token, 2-7 tokens and 8 or more round differently).
+const TILED_MIN: usize = 8;
+
+/// The pieces (`start..end`) a prompt of `n` tokens is evaluated in. Every token is
+/// evaluated in a batch of the same rounding class as in one `forward` call over the
+/// whole prompt (which the engine splits into micro-batches of [`UBATCH`]), so the
+/// logits are bit for bit the same: a micro-batch shorter than 8 tokens stays whole,
+/// a longer one is cut into pieces of `piece` tokens whose last piece takes the
+/// remainder when that is shorter than 8.
+pub fn prefill_pieces(n: usize, piece: usize) -> impl Iterator<Item = core::ops::Range<usize>> {
+    let piece = piece.max(TILED_MIN);
+    let mut at = 0;
+    let mut ubatch_end = 0;
+    core::iter::from_fn(move || {
+        if at >= n {
+            return None;
+        }
+        if at >= ubatch_end {
+            ubatch_end = (at + UBATCH).min(n);
+        }
+        let mut end = (at + piece).min(ubatch_end);
+        if ubatch_end - end < TILED_MIN {
+            end = ubatch_end;
+        }
+        let r = at..end;
+        at = end;
+        Some(r)
+    })
+}
+
+/// Streams token bytes as whole UTF-8 characters: an incomplete sequence at the end
+/// waits for the next token, invalid bytes become U+FFFD (as the engine's generator
+/// streams them). The buffer is reused, so after the first tokens nothing allocates.
+struct Utf8Out {
+    pending: Vec<u8>,
+}
+
+impl Utf8Out {
+    /// Adds `bytes`, hands every complete piece of text to `emit`.
+    fn push(&mut self, bytes: &[u8], emit: &mut dyn FnMut(&str)) {
+        self.pending.extend_from_slice(bytes);
+        let mut start = 0;
+        while start < self.pending.len() {
+            match core::str::from_utf8(&self.pending[start..]) {
+                Ok(s) => {
+                    emit(s);
+                    start = self.pending.len();
+                }
+                Err(e) => {
+                    let good = start + e.valid_up_to();
+                    if let Ok(s) = core::str::from_utf8(&self.pending[start..good]) {
+                        emit(s);
+                    }
+                    match e.error_len() {
+                        Some(bad) => {
+                            emit("\u{FFFD}");
+                            start = good + bad;
+                        }
+                        None => {
+                            start = good;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending.drain(..start);
+    }
+
+    /// An incomplete sequence left at the end becomes U+FFFD.
+    fn finish(&mut self, emit: &mut dyn FnMut(&str)) {
+        if !self.pending.is_empty() {
+            emit("\u{FFFD}");
+            self.pending.clear();
+        }
+    }
+}
+
+/// The text `pieces` of token bytes stream as (for the in-kernel tests).
+pub fn stream_utf8(pieces: &[&[u8]]) -> String {
+    let mut out = Utf8Out {
+        pending: Vec::new(),
+    };
+    let mut text = String::new();
+    for p in pieces {
+        out.push(p, &mut |s| text.push_str(s));
+    }
+    out.finish(&mut |s| text.push_str(s));
+    text
+}
+
+/// Heap allocations seen while decoding (after the warm-up tokens).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllocCount {
+    /// Decoded tokens counted.
+    pub tokens: usize,
+    /// Allocations (and reallocations) made meanwhile, on every CPU.
+    pub allocations: u64,
+}
+
+/// Decoded tokens not counted at the start of a generation (the first decode grows
+/// the session's single-token buffers and the sampler's candidate list).
+const WARM_UP_TOKENS: usize = 2;
+
 #[allow(clippy::too_many_arguments)]
-/// Runs the generator on `m`'s session with `prompt` appended, streaming to the console.
+/// Runs `prompt` (appended to what `m`'s session holds) and generates up to
+/// `max_tokens`, streaming to the console unless `bench`. The prompt is evaluated in
+/// [`prefill_pieces`] and input is polled between pieces and between tokens, so
+/// Ctrl-C stops both the prefill and the decode. The decode loop allocates nothing:
+/// the token and latency lists are sized up front and the text is put together at
+/// the end (the returned counts prove it).
 fn run(
     name: &str,
     m: &mut Loaded,
@@ -372,29 +517,128 @@ fn run(
     bench: bool,
     perf: &mut Perf,
 ) -> Result<Generation, String> {
-    let mut generator = Generator::new(Sampler::new(sampler), max_tokens);
-    let detok = Detok {
-        tok: &m.tokenizer,
-        ignore_eog: bench,
-    };
+    let clock = TscClock;
+    let t0 = clock.now_us();
+    let session = &mut m.session;
+    if prompt.is_empty() && session.pos() == 0 {
+        return Err(GenerateError::EmptyPrompt.to_string());
+    }
+    if session.pos() + prompt.len() > session.capacity() {
+        return Err(GenerateError::PromptTooLong {
+            prompt: prompt.len(),
+            pos: session.pos(),
+            capacity: session.capacity(),
+        }
+        .to_string());
+    }
     let threads = parallel::threads();
-    let g = generator
-        .run(
-            &m.model,
-            &mut m.session,
-            &detok,
-            prompt,
-            &CpuPool,
-            &TscClock,
-            &mut |piece| {
-                if !bench {
-                    print!("{piece}");
-                }
-                !interrupted()
-            },
-        )
-        .map_err(|e| e.to_string())?;
-    perf.record(Figures::new(name, threads, &g.stats), &g.stats);
+    let _hot = parallel::HotPool::new();
+    let heap_before = crate::mem::stats().heap_used;
+    crate::mem::reset_peak();
+    let mut sampler = Sampler::new(sampler);
+    let mut tokens: Vec<u32> = Vec::with_capacity(max_tokens + 1);
+    let mut latencies: Vec<u64> = Vec::with_capacity(max_tokens + 1);
+    let mut utf8 = Utf8Out {
+        pending: Vec::with_capacity(64),
+    };
+    let mut stats = GenerationStats::default();
+
+    let mut stop = None;
+    for r in prefill_pieces(prompt.len(), PREFILL_PIECE) {
+        if interrupted() {
+            stop = Some(StopReason::Cancelled);
+            break;
+        }
+        m.model
+            .forward(session, &prompt[r.clone()], &CpuPool)
+            .map_err(|e| e.to_string())?;
+        stats.prompt_tokens = r.end;
+    }
+    stats.prefill_us = clock.now_us().saturating_sub(t0);
+
+    let print = |s: &str| {
+        if !bench {
+            print!("{s}");
+        }
+    };
+    let mut last = clock.now_us();
+    let mut first_token_at = None;
+    let mut allocs = AllocCount::default();
+    let mut allocs_at = 0u64;
+    let stop = match stop {
+        Some(s) => s,
+        None => loop {
+            if tokens.len() >= max_tokens {
+                break StopReason::MaxTokens;
+            }
+            let token = sampler
+                .sample(session.logits(), session.tokens())
+                .ok_or_else(|| GenerateError::NoCandidates.to_string())?;
+            let now = clock.now_us();
+            if first_token_at.is_none() {
+                first_token_at = Some(now);
+                stats.ttft_us = now.saturating_sub(t0);
+            } else {
+                latencies.push(now.saturating_sub(last));
+            }
+            last = now;
+            // Allocations since the previous token (its forward pass, this sampling,
+            // the streaming), once the warm-up tokens are past.
+            let count = crate::mem::allocations();
+            if tokens.len() > WARM_UP_TOKENS {
+                allocs.tokens += 1;
+                allocs.allocations += count - allocs_at;
+            }
+            allocs_at = count;
+            tokens.push(token);
+            if !bench && m.tokenizer.is_eog(token) {
+                break StopReason::EndOfGeneration(token);
+            }
+            utf8.push(m.tokenizer.token_to_piece(token, false), &mut |s| print(s));
+            if interrupted() {
+                break StopReason::Cancelled;
+            }
+            if tokens.len() >= max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if session.pos() >= session.capacity() {
+                break StopReason::ContextFull;
+            }
+            m.model
+                .forward(session, &[token], &CpuPool)
+                .map_err(|e| e.to_string())?;
+        },
+    };
+    if stop != StopReason::Cancelled {
+        utf8.finish(&mut |s| print(s));
+    }
+    if let Some(t) = first_token_at {
+        stats.decode_us = last.saturating_sub(t);
+    }
+    stats.generated_tokens = tokens.len();
+    stats.token_latencies_us = latencies;
+    // The text as streamed: the same bytes through the same UTF-8 rules, in one go.
+    let mut all = Vec::new();
+    for &t in &tokens {
+        if !m.tokenizer.is_eog(t) || bench {
+            all.extend_from_slice(m.tokenizer.token_to_piece(t, false));
+        }
+    }
+    let mut text = String::new();
+    let mut whole = Utf8Out { pending: all };
+    whole.push(&[], &mut |s| text.push_str(s));
+    if stop != StopReason::Cancelled {
+        whole.finish(&mut |s| text.push_str(s));
+    }
+    let peak = crate::mem::peak_bytes().saturating_sub(heap_before);
+    m.peak_generation_bytes = m.peak_generation_bytes.max(peak);
+    let g = Generation {
+        tokens,
+        text,
+        stop,
+        stats,
+    };
+    perf.record(Figures::new(name, threads, &g.stats), &g.stats, allocs);
     Ok(g)
 }
 
@@ -558,7 +802,12 @@ pub fn talk_turn(reg: &mut Registry, settings: &Settings, perf: &mut Perf, text:
                 stop_text(&g.stop),
                 f.decode_tok_s
             );
-            m.history.push(("assistant".to_string(), g.text));
+            if g.tokens.is_empty() {
+                // Stopped during the prompt: the model never answered this turn.
+                m.history.pop();
+            } else {
+                m.history.push(("assistant".to_string(), g.text));
+            }
         }
         Err(e) => {
             m.history.pop();

@@ -41,6 +41,9 @@ const TESTS: &[(&str, TestFn)] = &[
     ("manifest", test_manifest),
     ("settings", test_settings),
     ("latency_stats", test_latency_stats),
+    ("prefill_pieces", test_prefill_pieces),
+    ("utf8_stream", test_utf8_stream),
+    ("counting_allocator", test_counting_allocator),
 ];
 
 /// Runs every test; true when all passed.
@@ -478,5 +481,66 @@ fn test_latency_stats() -> Result<(), String> {
     let sd = stddev(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
     check((sd - 2.138).abs() < 1e-3 && stddev(&[1.0]) == 0.0, || {
         alloc::format!("stddev {sd}")
+    })
+}
+
+fn test_prefill_pieces() -> Result<(), String> {
+    use crate::infer::prefill_pieces;
+    // Pieces cover the prompt in order, never straddle a 512-token micro-batch, and keep
+    // every token in the rounding class (1, 2-7, 8+ tokens) of its micro-batch.
+    for piece in [8, 16, 100] {
+        for n in (0..1100)
+            .step_by(7)
+            .chain([1, 8, 15, 16, 17, 23, 24, 512, 513, 519, 520])
+        {
+            let mut next = 0;
+            for r in prefill_pieces(n, piece) {
+                let ub = r.start / 512;
+                let ub_len = (n - ub * 512).min(512);
+                let ok = r.start == next
+                    && !r.is_empty()
+                    && (r.end - 1) / 512 == ub
+                    && if ub_len < 8 {
+                        r.len() == ub_len
+                    } else {
+                        r.len() >= 8 && r.len() < piece.max(8) + 8
+                    };
+                check(ok, || {
+                    alloc::format!("n {n} piece {piece}: bad piece {r:?}")
+                })?;
+                next = r.end;
+            }
+            check(next == n, || {
+                alloc::format!("n {n} piece {piece}: ends at {next}")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn test_utf8_stream() -> Result<(), String> {
+    // Bytes split anywhere stream as the same text as in one piece; bad bytes become
+    // U+FFFD, an unfinished character at the end too.
+    let bytes = "héllo wörld \u{1F600}!".as_bytes();
+    for split in 0..=bytes.len() {
+        let text = crate::infer::stream_utf8(&[&bytes[..split], &bytes[split..]]);
+        check(text == "héllo wörld \u{1F600}!", || {
+            alloc::format!("split at {split}: {text:?}")
+        })?;
+    }
+    let bad = crate::infer::stream_utf8(&[b"a\xffb", b"\xe2\x82"]);
+    check(bad == "a\u{FFFD}b\u{FFFD}", || alloc::format!("{bad:?}"))
+}
+
+fn test_counting_allocator() -> Result<(), String> {
+    let before = crate::mem::allocations();
+    crate::mem::reset_peak();
+    let base = crate::mem::peak_bytes();
+    let v = core::hint::black_box(alloc::vec![1u8; 100_000]);
+    let seen = crate::mem::allocations() - before;
+    let peak = crate::mem::peak_bytes() - base;
+    drop(v);
+    check(seen >= 1 && peak >= 100_000, || {
+        alloc::format!("{seen} allocations, peak +{peak} bytes for a 100000-byte vector")
     })
 }

@@ -18,9 +18,24 @@ use crate::arch::x86_64::{boot::BootInfo, memory};
 /// Command line of the manifest module (`module2 /boot/models.manifest manifest`).
 pub const MANIFEST_MODULE: &str = "manifest";
 
-/// Context positions a loaded model gets (capped by its trained length): the KV cache
-/// is sized for this many tokens when the model is loaded.
+/// Context positions a loaded model gets by default (capped by its trained length):
+/// the KV cache is sized for this many tokens when the model is loaded. `load NAME
+/// --ctx N` and the boot option `ctx=N` choose another size.
 pub const CONTEXT: usize = 2048;
+
+/// The context `load` uses when none is given (`ctx=` on the command line).
+static DEFAULT_CONTEXT: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(CONTEXT);
+
+/// Sets the context size later loads use by default.
+pub fn set_default_context(n: usize) {
+    DEFAULT_CONTEXT.store(n.max(1), core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The context size loads use by default.
+pub fn default_context() -> usize {
+    DEFAULT_CONTEXT.load(core::sync::atomic::Ordering::Relaxed)
+}
 
 /// Heap that must stay free after a load, for the shell, prompts and generations.
 const HEAP_RESERVE: u64 = 8 << 20;
@@ -133,10 +148,10 @@ impl Summary {
     }
 }
 
-/// A model in memory: weights borrowed from its module, plus what it owns.
+/// A model in memory: weights borrowed from its module, plus what it owns. The parsed
+/// GGUF tables are dropped once the model, tokenizer and template are built from them
+/// (the weight views borrow the module, not the tables).
 pub struct Loaded {
-    /// The parsed file (metadata and tensor views over the module).
-    pub file: GgufFile<'static>,
     /// Hyperparameters and weight views.
     pub model: Model<'static>,
     /// Its tokenizer.
@@ -149,8 +164,53 @@ pub struct Loaded {
     pub kv_bytes: usize,
     /// Heap bytes the load took (tokenizer, KV cache, scratch, norms).
     pub heap_bytes: u64,
+    /// What the load took, part by part.
+    pub memory: LoadMemory,
+    /// The most heap any generation on this model used above what it held before
+    /// (batch buffers the session keeps, the sampler's candidates, token lists).
+    pub peak_generation_bytes: u64,
     /// `talk`'s conversation: (role, text) turns.
     pub history: Vec<(String, String)>,
+}
+
+/// Heap a load consumed, measured as the drop in free heap (so the allocator's own
+/// bookkeeping per allocation is included), part by part.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadMemory {
+    /// The parsed GGUF tables and the model's tensor views, norms and RoPE tables.
+    pub tables: u64,
+    /// The tokenizer and the chat template.
+    pub tokenizer: u64,
+    /// The KV cache (f16 keys and values).
+    pub kv: u64,
+    /// The session's other buffers (activations, logits, attention scratch).
+    pub buffers: u64,
+    /// Everything, including the registry's own record.
+    pub total: u64,
+}
+
+impl Loaded {
+    /// Memory beyond the weights: what the load took plus the most any generation
+    /// added on top (the weights themselves stay in their boot module).
+    pub fn beyond_weights(&self) -> u64 {
+        self.memory.total + self.peak_generation_bytes
+    }
+
+    /// One line: `23.1 MiB beyond the weights (24234567 bytes: KV cache ..., ...)`.
+    pub fn memory_line(&self) -> String {
+        let m = &self.memory;
+        format!(
+            "{} beyond the weights ({} bytes: KV cache {}, session buffers {}, tokenizer and \
+             template {}, model tables {}, generation peak {})",
+            human_bytes(self.beyond_weights()),
+            self.beyond_weights(),
+            human_bytes(m.kv),
+            human_bytes(m.buffers),
+            human_bytes(m.tokenizer),
+            human_bytes(m.tables),
+            human_bytes(self.peak_generation_bytes)
+        )
+    }
 }
 
 /// One boot module that is meant to be a model.
@@ -176,8 +236,23 @@ pub enum RegistryError {
     Unusable { name: String, why: String },
     /// The engine refused the file (architecture, tensor types, shapes).
     Engine { name: String, why: String },
-    /// The model's KV cache and buffers do not fit in free memory.
-    OutOfMemory { name: String, need: u64, free: u64 },
+    /// The model's KV cache and buffers do not fit in free memory (`free` is what the
+    /// heap has free in all, `block` the largest contiguous piece found when that was
+    /// what failed).
+    OutOfMemory {
+        name: String,
+        context: usize,
+        kv: u64,
+        need: u64,
+        free: u64,
+        block: Option<u64>,
+    },
+    /// `--ctx` outside 1..=the model's trained context.
+    BadContext {
+        name: String,
+        asked: usize,
+        trained: usize,
+    },
     /// The model is already loaded.
     AlreadyLoaded(String),
     /// The model is not loaded.
@@ -196,12 +271,42 @@ impl fmt::Display for RegistryError {
                 write!(f, "model `{name}` cannot be used: {why}")
             }
             RegistryError::Engine { name, why } => write!(f, "cannot load `{name}`: {why}"),
-            RegistryError::OutOfMemory { name, need, free } => write!(
+            RegistryError::OutOfMemory {
+                name,
+                context,
+                kv,
+                need,
+                free,
+                block,
+            } => {
+                write!(
+                    f,
+                    "`{name}` does not fit in memory: it needs {} KiB (KV cache {} KiB for \
+                     {context} positions, buffers, tokenizer, reserve), {} KiB are free",
+                    need / 1024,
+                    kv / 1024,
+                    free / 1024
+                )?;
+                if let Some(b) = block {
+                    write!(
+                        f,
+                        " but not in one piece (the allocation of {} KiB failed)",
+                        b / 1024
+                    )?;
+                }
+                write!(
+                    f,
+                    "; unload a model, load with a shorter context (`load {name} --ctx N`) \
+                     or boot with more RAM"
+                )
+            }
+            RegistryError::BadContext {
+                name,
+                asked,
+                trained,
+            } => write!(
                 f,
-                "not enough memory to load `{name}`: it needs {} KiB (KV cache and buffers), \
-                 {} KiB are free (unload a model or boot with more RAM)",
-                need / 1024,
-                free / 1024
+                "--ctx {asked} for `{name}`: want 1 to {trained} (its trained context)"
             ),
             RegistryError::AlreadyLoaded(n) => write!(f, "model `{n}` is already loaded"),
             RegistryError::NotLoaded(n) => {
@@ -226,8 +331,7 @@ pub struct Registry {
 }
 
 fn free_heap() -> u64 {
-    let s = crate::mem::stats();
-    s.heap_total.saturating_sub(s.heap_used)
+    crate::mem::heap_available()
 }
 
 /// The cheap checks: GGUF header and tensor table (every tensor's data inside the file),
@@ -264,22 +368,36 @@ fn check(bytes: &'static [u8], manifest: Option<&ManifestEntry>) -> Result<Summa
     })
 }
 
-/// Heap a session of `model` needs (KV cache, scratch, token list), and the KV part.
+/// What a session of `model` will take from the heap: (KV cache, everything else the
+/// session and a generation on it allocate). Mirrors the engine's session buffers:
+/// per-token activation buffers for the largest prefill piece, logits, attention
+/// scratch per core, the token list, and the sampler's candidate list.
 fn session_bytes(model: &Model<'_>) -> (u64, u64) {
     let c = &model.config;
     let ctx = model.context_len() as u64;
     let kv = 2 * (c.n_layer as u64) * (c.kv_dim() as u64) * ctx * 2;
-    let widest = c.n_embd.max(c.n_ff).max(c.q_dim()) as u64;
-    let floats = 4 * c.n_embd as u64
-        + 2 * c.q_dim() as u64
-        + 2 * c.kv_dim() as u64
-        + 2 * c.n_ff as u64
-        + c.vocab_size as u64
-        + c.rope_dims as u64
-        + ctx;
-    let scratch = floats * 4 + ctx * 2 + c.head_dim as u64 * 2 + 2 * (widest * 4 + 64) + ctx * 4;
-    (kv + scratch, kv)
+    let (e, qd, kvd, ff) = (
+        c.n_embd as u64,
+        c.q_dim() as u64,
+        c.kv_dim() as u64,
+        c.n_ff as u64,
+    );
+    let widest = e.max(ff).max(qd);
+    let widest_set = (qd + 2 * kvd).max(2 * ff).max(e);
+    let per_token = 4 * (4 * e + 2 * qd + 2 * kvd + 2 * ff + widest_set + 2 * c.rope_dims as u64)
+        + 3 * (widest * 4 + 64);
+    let piece = (crate::infer::PREFILL_PIECE + 7) as u64;
+    let cores = crate::arch::x86_64::smp::online_cpus().max(1) as u64;
+    let heads = cores * (ctx * 6 + c.head_dim as u64 * 2);
+    let vocab = c.vocab_size as u64;
+    let buffers = per_token * piece + vocab * 4 + heads + ctx * 4 + vocab * 8;
+    (kv, buffers)
 }
+
+/// The tokenizer's tables take at most about this many times the metadata that holds
+/// them (measured: SmolLM2 4.8 MiB from 1.7 MiB of metadata, 2.8x; Gemma 3 21 MiB from
+/// 6.2 MiB, 3.4x).
+const TOKENIZER_FACTOR: u64 = 4;
 
 impl Registry {
     /// Finds the model modules (every module but the manifest) and checks each.
@@ -367,9 +485,19 @@ impl Registry {
         Ok(self.slots.len() - 1)
     }
 
-    /// Loads `name` (weights stay in the module; the KV cache and tokenizer come from
-    /// the heap after checking they fit). The first loaded model becomes active.
+    /// Loads `name` with the default context (see [`Registry::load_with`]).
     pub fn load(&mut self, name: &str) -> Result<(), RegistryError> {
+        self.load_with(name, None)
+    }
+
+    /// Loads `name` (weights stay in the module; the KV cache for `context` positions,
+    /// default [`default_context`], capped by the trained length, and the tokenizer
+    /// come from the heap). Before anything large is allocated the load checks that it
+    /// fits: against the free heap, then by reserving one block as large as everything
+    /// it will take (`try_reserve`, which fails instead of panicking) and giving it
+    /// back; a load that does not fit is refused with the sizes. The first loaded
+    /// model becomes active.
+    pub fn load_with(&mut self, name: &str, context: Option<usize>) -> Result<(), RegistryError> {
         let i = self.find(name)?;
         let slot = &mut self.slots[i];
         if slot.loaded.is_some() {
@@ -385,40 +513,81 @@ impl Registry {
             name: name.to_string(),
             why,
         };
-        let heap_before = crate::mem::stats().heap_used;
+        let free0 = free_heap();
         let file = GgufFile::parse(slot.bytes).map_err(|e| engine(e.to_string()))?;
+        let trained = file
+            .architecture()
+            .and_then(|a| file.get_u64(&format!("{a}.context_length")))
+            .unwrap_or(u64::MAX) as usize;
+        let context = match context {
+            Some(n) if n == 0 || n > trained => {
+                return Err(RegistryError::BadContext {
+                    name: name.to_string(),
+                    asked: n,
+                    trained,
+                })
+            }
+            Some(n) => n,
+            None => default_context(),
+        };
         let options = ModelOptions {
-            max_context: Some(CONTEXT),
+            max_context: Some(context),
         };
         let model = Model::load(&file, options).map_err(|e| engine(e.to_string()))?;
-        // The tokenizer's tables are about as large as the metadata that holds them.
-        let (session, kv) = session_bytes(&model);
-        let need = session
-            .saturating_add(file.data_offset.saturating_mul(3))
-            .saturating_add(HEAP_RESERVE);
-        let free = free_heap();
-        if need > free {
-            return Err(RegistryError::OutOfMemory {
-                name: name.to_string(),
-                need,
-                free,
-            });
+        let free1 = free_heap();
+        let (kv, buffers) = session_bytes(&model);
+        let tokenizer = file.data_offset.saturating_mul(TOKENIZER_FACTOR);
+        let block = kv.saturating_add(buffers).saturating_add(tokenizer);
+        let need = block.saturating_add(HEAP_RESERVE);
+        let refuse = |block: Option<u64>| RegistryError::OutOfMemory {
+            name: name.to_string(),
+            context: model.context_len(),
+            kv,
+            need,
+            free: free1,
+            block,
+        };
+        if need > free1 {
+            return Err(refuse(None));
         }
+        // Free bytes may be scattered; the KV cache needs two large pieces. One block
+        // of the whole size proves they fit (each later allocation carves from it).
+        let mut probe: Vec<u8> = Vec::new();
+        if probe.try_reserve_exact(block as usize).is_err() {
+            return Err(refuse(Some(block)));
+        }
+        drop(probe);
         let tokenizer = Tokenizer::from_gguf(&file)
             .map_err(|e| engine(format!("cannot build the tokenizer: {e}")))?;
         let template = ChatTemplate::from_gguf(&file).map_err(|e| e.to_string());
+        let free2 = free_heap();
         let session = model.new_session();
-        let heap_bytes = crate::mem::stats().heap_used.saturating_sub(heap_before);
-        slot.loaded = Some(Box::new(Loaded {
-            file,
+        let free3 = free_heap();
+        drop(file);
+        let file_tables = free_heap().saturating_sub(free3);
+        let kv_bytes = session.cache().bytes();
+        let mut loaded = Box::new(Loaded {
             model,
             tokenizer,
             template,
             session,
-            kv_bytes: kv as usize,
-            heap_bytes,
+            kv_bytes,
+            heap_bytes: 0,
+            memory: LoadMemory::default(),
+            peak_generation_bytes: 0,
             history: Vec::new(),
-        }));
+        });
+        let total = free0.saturating_sub(free_heap());
+        let session_total = free2.saturating_sub(free3);
+        loaded.memory = LoadMemory {
+            tables: free0.saturating_sub(free1).saturating_sub(file_tables),
+            tokenizer: free1.saturating_sub(free2),
+            kv: kv_bytes as u64,
+            buffers: session_total.saturating_sub(kv_bytes as u64),
+            total,
+        };
+        loaded.heap_bytes = total;
+        slot.loaded = Some(loaded);
         if self.active.is_none() {
             self.active = Some(i);
         }

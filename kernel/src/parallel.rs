@@ -60,3 +60,27 @@ impl Clock for TscClock {
         time::uptime_us()
     }
 }
+
+/// While alive, the pool's workers spin between jobs instead of halting (a generation
+/// holds one, so its back-to-back products start without a wake-up interrupt).
+pub struct HotPool(());
+
+impl HotPool {
+    /// Keeps the workers spinning until dropped.
+    pub fn new() -> Self {
+        smp::set_hot(true);
+        HotPool(())
+    }
+}
+
+impl Default for HotPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for HotPool {
+    fn drop(&mut self) {
+        smp::set_hot(false);
+    }
+}

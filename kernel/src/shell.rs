@@ -22,7 +22,7 @@ pub const TALK_PROMPT: &str = "you> ";
 const COMMANDS: &[(&str, &str, &str, &str)] = &[
     ("help", "help [CMD]", "list commands, or explain one", "Without an argument lists every command; `help CMD` explains CMD."),
     ("models", "models", "list the models in the ISO and which are loaded", "Lists every model module: name, architecture, parameters, tensor types (quant mix), memory (weights in place from the boot module, plus KV cache and buffers when loaded) and its state: loaded, active, or why it cannot be used."),
-    ("load", "load NAME | load diskN:/PATH [as NAME]", "load a model (the first one loaded becomes active)", "`load disk0:/models/x.gguf [as NAME]` reads a GGUF file from a FAT disk into memory (SHA-256 checked against x.gguf.sha256 when present) and loads it. Parses the model in place from its boot module (no copy of the weights), builds its tokenizer and a KV cache for 2048 tokens. Refused with the reason when the module is not a usable GGUF model or memory is short."),
+    ("load", "load NAME [--ctx N] | load diskN:/PATH [as NAME]", "load a model (the first one loaded becomes active)", "Parses the model in place from its boot module (no copy of the weights), builds its tokenizer and a KV cache for N positions (default 2048 or the boot option ctx=, capped by the trained context). `load disk0:/models/x.gguf [as NAME]` reads a GGUF file from a FAT disk into memory (SHA-256 checked against x.gguf.sha256 when present) and loads it. Refused with the reason when the module is not a usable GGUF model or does not fit in memory (checked before anything large is allocated)."),
     ("unload", "unload NAME", "unload a model and free its memory", "Frees the model's tokenizer, KV cache and buffers. The module stays in memory, so it can be loaded again."),
     ("switch", "switch NAME", "make a loaded model the active one", "`generate`, `talk` and `bench` use the active model."),
     ("model", "model", "details of the active model", "Architecture, sizes, context, chat template, parameters, tensor types and memory of the active model."),
@@ -128,6 +128,9 @@ pub fn run(boot: &BootInfo, options: &Options) -> ! {
             println!("threads={n}: {e}");
         }
     }
+    if let Some(n) = options.context {
+        crate::models::set_default_context(n);
+    }
     if let Some(v) = options.bad_threads {
         println!("threads={v}: not a positive number; using every core");
     }
@@ -194,26 +197,42 @@ pub fn execute(line: &str, st: &mut State) {
             crate::storage::load::cmd(&mut st.registry, &args)
         }
         "load" | "unload" | "switch" | "verify" => {
-            let [name] = args[..] else {
-                println!("usage: {cmd} NAME (models: {})", st.registry.names());
-                return;
+            let (name, context) = match (cmd, &args[..]) {
+                (_, [name]) => (*name, None),
+                ("load", [name, "--ctx", n]) => match n.parse::<usize>() {
+                    Ok(n) => (*name, Some(n)),
+                    Err(_) => {
+                        println!("load: --ctx needs a number of positions, not `{n}`");
+                        return;
+                    }
+                },
+                _ => {
+                    let usage = if cmd == "load" {
+                        "load NAME [--ctx N]".to_string()
+                    } else {
+                        alloc::format!("{cmd} NAME")
+                    };
+                    println!("usage: {usage} (models: {})", st.registry.names());
+                    return;
+                }
             };
             match cmd {
                 "load" => {
                     let t0 = time::uptime_ms();
-                    match st.registry.load(name) {
+                    match st.registry.load_with(name, context) {
                         Ok(()) => {
                             let i = st.registry.find(name).unwrap_or(0);
-                            let heap = st.registry.slots[i]
+                            let (ctx, memory) = st.registry.slots[i]
                                 .loaded
                                 .as_ref()
-                                .map_or(0, |l| l.heap_bytes);
+                                .map_or((0, String::new()), |l| {
+                                    (l.session.capacity(), l.memory_line())
+                                });
                             println!(
-                                "loaded `{name}` in {} ms ({} of memory beyond the weights){}",
+                                "loaded `{name}` in {} ms, context {ctx}{}; {memory}",
                                 time::uptime_ms() - t0,
-                                human_bytes(heap),
                                 if st.registry.active == Some(i) {
-                                    "; active"
+                                    ", active"
                                 } else {
                                     ""
                                 }
@@ -223,12 +242,18 @@ pub fn execute(line: &str, st: &mut State) {
                     }
                 }
                 "unload" => {
-                    let before = crate::mem::stats().heap_used;
+                    let before = crate::mem::heap_available();
                     match st.registry.unload(name) {
-                        Ok(()) => println!(
-                            "unloaded `{name}`; {} returned to the heap",
-                            human_bytes(before.saturating_sub(crate::mem::stats().heap_used))
-                        ),
+                        Ok(()) => {
+                            // Read before anything else is allocated for the message.
+                            let after = crate::mem::heap_available();
+                            let heap = crate::mem::heap_line();
+                            println!(
+                                "unloaded `{name}`; {} returned to the heap ({} bytes); heap: {heap}",
+                                human_bytes(after.saturating_sub(before)),
+                                after.saturating_sub(before),
+                            )
+                        }
                         Err(e) => println!("unload: {e}"),
                     }
                 }
@@ -372,7 +397,7 @@ fn models(st: &State) {
     for (i, slot) in r.slots.iter().enumerate() {
         match &slot.check {
             Ok(s) => {
-                let extra = slot.loaded.as_ref().map_or(0, |l| l.heap_bytes);
+                let extra = slot.loaded.as_ref().map_or(0, |l| l.beyond_weights());
                 let state = match (&slot.loaded, r.active == Some(i)) {
                     (Some(_), true) => "loaded, active",
                     (Some(_), false) => "loaded",
@@ -438,13 +463,15 @@ fn model_info(st: &mut State) {
         }
     );
     println!("  tensor types:  {}", s.quant_mix_text());
+    let at = slot.bytes.as_ptr() as u64;
+    let (large, _) = crate::arch::x86_64::paging::page_coverage(at, at + slot.bytes.len() as u64);
     println!(
-        "  memory:        weights {} in place (boot module at {:#x}), KV cache {}, total beyond the weights {}",
+        "  memory:        weights {} in place (at {at:#x}, {}% mapped with 2 MiB pages), KV cache {}",
         human_bytes(slot.bytes.len() as u64),
-        slot.bytes.as_ptr() as usize,
+        (large * 100).checked_div(slot.bytes.len() as u64).unwrap_or(0),
         human_bytes(l.kv_bytes as u64),
-        human_bytes(l.heap_bytes)
     );
+    println!("  beyond:        {}", l.memory_line());
 }
 
 fn talk(st: &mut State) {
@@ -495,19 +522,26 @@ fn status(st: &mut State) {
         s.usable_bytes >> 20,
         used_kib(&s),
         s.heap_used / 1024,
-        s.heap_total / 1024
+        s.heap_total / 1024,
     );
+    println!("heap:    {}", crate::mem::heap_line());
     println!(
         "cores:   {} online, inference uses {}",
         smp::online_cpus(),
         crate::parallel::threads()
     );
-    let loaded: Vec<&str> = st
+    let loaded: Vec<String> = st
         .registry
         .slots
         .iter()
-        .filter(|s| s.loaded.is_some())
-        .map(|s| s.name.as_str())
+        .filter_map(|s| {
+            let l = s.loaded.as_ref()?;
+            Some(alloc::format!(
+                "{} ({} beyond the weights)",
+                s.name,
+                human_bytes(l.beyond_weights())
+            ))
+        })
         .collect();
     println!(
         "models:  {} in the ISO, loaded: {}",
@@ -551,11 +585,14 @@ fn mem(boot: &BootInfo) {
         k.end
     );
     for m in boot.modules() {
+        let (large, small) = crate::arch::x86_64::paging::page_coverage(m.start, m.end);
         println!(
-            "module: {} ({} KiB at {:#x})",
+            "module: {} ({} KiB at {:#x}; mapped {} KiB with 2 MiB pages, {} KiB with 4 KiB pages)",
             m.name.as_str(),
             (m.end - m.start) / 1024,
-            m.start
+            m.start,
+            large / 1024,
+            small / 1024
         );
     }
 }

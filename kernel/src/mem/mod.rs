@@ -43,3 +43,39 @@ pub fn stats() -> Stats {
         heap_allocations,
     }
 }
+
+/// Heap allocations and reallocations since boot (the counting global allocator).
+pub fn allocations() -> u64 {
+    crate::arch::x86_64::memory::allocations()
+}
+
+/// Heap bytes free for allocation, net of the allocator's own bookkeeping.
+pub fn heap_available() -> u64 {
+    crate::arch::x86_64::memory::heap_available()
+}
+
+/// Starts a peak-heap measurement at the current use.
+pub fn reset_peak() {
+    crate::arch::x86_64::memory::reset_peak()
+}
+
+/// Highest heap use (bytes requested) since [`reset_peak`].
+pub fn peak_bytes() -> u64 {
+    crate::arch::x86_64::memory::peak_bytes()
+}
+
+/// A one-line account of the heap for `status` and `unload`: free bytes, bytes in live
+/// allocations and their count, free pieces.
+pub fn heap_line() -> alloc::string::String {
+    // Every figure is read before the line itself is allocated.
+    let s = stats();
+    let (free, pieces) = (
+        heap_available(),
+        crate::arch::x86_64::memory::heap_fragments(),
+    );
+    alloc::format!(
+        "{free} bytes free, {} bytes in {} allocations, {pieces} free pieces",
+        s.heap_used,
+        s.heap_allocations,
+    )
+}

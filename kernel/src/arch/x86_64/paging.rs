@@ -221,3 +221,47 @@ pub fn readable(addr: u64) -> bool {
     }
     true
 }
+
+/// Size of the page that maps `addr` (2 MiB or 4 KiB), None when unmapped.
+pub fn page_size(addr: u64) -> Option<u64> {
+    let pml4 = *PML4.lock();
+    if pml4 == 0 {
+        return None;
+    }
+    let mut t = pml4;
+    for shift in [39u32, 30, 21, 12] {
+        // SAFETY: walking our own page tables read-only.
+        let e = unsafe { *table(t).add(((addr >> shift) & 511) as usize) };
+        if e & PRESENT == 0 {
+            return None;
+        }
+        if shift == 21 && e & HUGE != 0 {
+            return Some(SIZE_2M);
+        }
+        if shift == 12 {
+            return Some(4096);
+        }
+        t = e & ADDR_MASK;
+    }
+    None
+}
+
+/// Bytes of `[start, end)` mapped by 2 MiB pages and by 4 KiB pages (a model module
+/// should be almost all 2 MiB: only a 2 MiB page shared with a stack guard page is
+/// split).
+pub fn page_coverage(start: u64, end: u64) -> (u64, u64) {
+    let (mut large, mut small) = (0, 0);
+    let mut addr = start;
+    while addr < end {
+        let size = page_size(addr).unwrap_or(4096);
+        let next = ((addr / size) + 1) * size;
+        let n = next.min(end) - addr;
+        if size == SIZE_2M {
+            large += n;
+        } else {
+            small += n;
+        }
+        addr = next;
+    }
+    (large, small)
+}

@@ -21,6 +21,8 @@ pub struct PerCpu {
     pub jobs_run: AtomicU64,
     /// Set once the CPU finished its bring-up.
     pub online: AtomicBool,
+    /// The worker is spinning for the next job (it needs no wake-up IPI).
+    pub spinning: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -29,6 +31,7 @@ const PERCPU_INIT: PerCpu = PerCpu {
     apic_id: AtomicU32::new(0),
     jobs_run: AtomicU64::new(0),
     online: AtomicBool::new(false),
+    spinning: AtomicBool::new(false),
 };
 
 static PERCPU: [PerCpu; MAX_CPUS] = [PERCPU_INIT; MAX_CPUS];
@@ -184,20 +187,51 @@ fn run_current_job(worker: usize) {
     }
 }
 
+/// Set while a generation runs: the workers then spin between jobs instead of halting,
+/// so a job starts without an interrupt's round trip (jobs come back to back, one per
+/// matrix product).
+static HOT: AtomicBool = AtomicBool::new(false);
+
+/// How long a worker spins after a job before it halts, µs. Within one token the
+/// products follow each other within microseconds; a longer gap (sampling, the console,
+/// a slow emulator) is not worth burning a core on, and under an emulator on a busy host
+/// a spinning virtual CPU takes host time from the one doing the work.
+const SPIN_US: u64 = 500;
+
+/// Keeps the workers spinning between jobs (`true`) or lets them halt (`false`).
+pub fn set_hot(on: bool) {
+    HOT.store(on, Ordering::SeqCst);
+}
+
 fn worker_loop(slot: usize) -> ! {
+    let me = &PERCPU[slot];
     let mut seen = GENERATION.load(Ordering::SeqCst);
+    let mut idle_since = 0;
     loop {
-        interrupts::disable();
         let g = GENERATION.load(Ordering::SeqCst);
         if g != seen {
             seen = g;
-            interrupts::enable();
             run_current_job(slot);
             REMAINING.fetch_sub(1, Ordering::SeqCst);
-        } else {
-            // Atomic with the check above: a wake-up IPI sent after it ends the HLT.
-            interrupts::enable_and_wait();
+            idle_since = time::uptime_us();
+            continue;
         }
+        if HOT.load(Ordering::Relaxed) && time::uptime_us().saturating_sub(idle_since) < SPIN_US {
+            me.spinning.store(true, Ordering::SeqCst);
+            core::hint::spin_loop();
+            continue;
+        }
+        // Leaving the spin: `run_on_all` sends an IPI to a worker it does not see
+        // spinning, and this worker checks GENERATION again after clearing the flag, so
+        // a job posted in between is seen either way (both sides are SeqCst).
+        me.spinning.store(false, Ordering::SeqCst);
+        interrupts::disable();
+        if GENERATION.load(Ordering::SeqCst) != seen {
+            interrupts::enable();
+            continue;
+        }
+        // Atomic with the check above: a wake-up IPI sent after it ends the HLT.
+        interrupts::enable_and_wait();
     }
 }
 
@@ -219,7 +253,9 @@ pub fn run_on_all(job: &(dyn Fn(usize) + Sync)) {
     REMAINING.store(n - 1, Ordering::SeqCst);
     GENERATION.fetch_add(1, Ordering::SeqCst);
     for cpu in &PERCPU[1..n] {
-        apic::send_ipi(cpu.apic_id.load(Ordering::Relaxed), WAKE_VECTOR);
+        if !cpu.spinning.load(Ordering::SeqCst) {
+            apic::send_ipi(cpu.apic_id.load(Ordering::Relaxed), WAKE_VECTOR);
+        }
     }
     job(0);
     PERCPU[0].jobs_run.fetch_add(1, Ordering::Relaxed);
