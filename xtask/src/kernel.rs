@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::deps;
-use crate::qemu::{self, Accel, Firmware, Session};
+use crate::qemu::{self, host_greedy, smollm2_path, Accel, Firmware, Session};
 
 /// Debian packages the kernel tasks need.
 pub const APT_PACKAGES: &[&str] = &[
@@ -638,10 +638,6 @@ fn lit_pixels(ppm: &Path, rows: usize) -> Result<usize, String> {
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn with_log<T>(name: &str, s: &Session, r: Result<T, String>) -> Result<T, String> {
-    r.map_err(|e| format!("{name}: {e}\n--- serial output ---\n{}\n---", s.output()))
-}
-
 /// In-kernel tests: boots the `test` entry, expects every test ok and exit status 33.
 fn test_in_kernel(iso: &Path) -> Result<(), String> {
     let mut s = Session::spawn(&tcg(iso, Firmware::Bios))?;
@@ -683,7 +679,7 @@ fn test_in_kernel(iso: &Path) -> Result<(), String> {
         }
         Ok(())
     })();
-    with_log("in-kernel tests", &s, r)?;
+    s.with_log("in-kernel tests", r)?;
     for line in out
         .lines()
         .filter(|l| l.starts_with("test ") || l.starts_with("ktest:") || l.starts_with("  smp"))
@@ -735,7 +731,7 @@ fn test_panic(iso: &Path, elf: &Path) -> Result<(), String> {
         eprintln!("  backtrace: {}", names.join(" <- "));
         Ok(())
     })();
-    with_log("panic test", &s, r)
+    s.with_log("panic test", r)
 }
 
 /// Deliberate CPU exceptions: the report names the exception, shows registers and a
@@ -776,7 +772,7 @@ fn test_exception(iso: &Path, elf: &Path, want: &[&str], frames: &[&str]) -> Res
         }
         Ok(())
     })();
-    with_log("exception test", &s, r)
+    s.with_log("exception test", r)
 }
 
 /// Boots to the prompt, runs a scripted shell session, powers off. Returns the time
@@ -877,7 +873,7 @@ fn test_shell(iso: &Path) -> Result<Duration, String> {
         }
         Ok(boot)
     })();
-    with_log("shell session", &s, r)
+    s.with_log("shell session", r)
 }
 
 /// Boots the normal entry under `firmware` to the prompt, checks the firmware kind and
@@ -907,80 +903,12 @@ fn test_boot(iso: &Path, firmware: Firmware) -> Result<Duration, String> {
         }
         Ok(t)
     })();
-    with_log(&format!("boot under {firmware:?}"), &s, r)
-}
-
-/// The host's answer for a greedy completion: `embodios run --temp 0 --json`.
-fn host_greedy(model: &Path, prompt: &str, tokens: usize) -> Result<String, String> {
-    let out = Command::new("cargo")
-        .current_dir(crate::workspace_root())
-        .args([
-            "run",
-            "-q",
-            "--release",
-            "-p",
-            "embodios-cli",
-            "--bin",
-            "embodios",
-            "--",
-        ])
-        .args([
-            "run",
-            "--temp",
-            "0",
-            "--json",
-            "-n",
-            &tokens.to_string(),
-            "-p",
-            prompt,
-            "-m",
-        ])
-        .arg(model)
-        .output()
-        .map_err(|e| format!("running the host CLI: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "host CLI failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .ok_or("the host CLI printed no JSON line")?;
-    let v: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("host CLI JSON: {e}"))?;
-    v["text"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| "host CLI JSON has no text".to_string())
-}
-
-/// A cached model file: `$ENV` when it names a file, else the model cache (fetched
-/// and checked against its pinned SHA-256 if missing).
-fn model_path(env: &str, name: &str) -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os(env) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    let spec = crate::models::find(name)?;
-    crate::models::fetch(spec)
-        .map_err(|e| format!("model not found: run `cargo xtask fetch-model {name}` ({e})"))
-}
-
-/// The SmolLM2 file: `$EMBODIOS_MODEL_SMOLLM2_135M`, else the model cache.
-fn smollm2_path() -> Result<PathBuf, String> {
-    model_path("EMBODIOS_MODEL_SMOLLM2_135M", crate::models::DEFAULT_MODEL)
+    s.with_log(&format!("boot under {firmware:?}"), r)
 }
 
 /// The Gemma 3 270M file: `$EMBODIOS_MODEL_GEMMA3_270M`, else the model cache.
 fn gemma_path() -> Result<PathBuf, String> {
-    model_path("EMBODIOS_MODEL_GEMMA3_270M", "gemma3-270m")
+    qemu::model_path("EMBODIOS_MODEL_GEMMA3_270M", "gemma3-270m")
 }
 
 /// Test model files: the tiny random llama (written by the engine's example), a
@@ -1018,18 +946,7 @@ fn test_models() -> Result<TestModels, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let smollm2 = smollm2_path()?;
     let gemma = gemma_path()?;
-    let tiny = dir.join("tiny-llama.gguf");
-    let status = Command::new("cargo")
-        .current_dir(crate::workspace_root())
-        .args(["run", "-q", "--release", "-p", "embodios-engine"])
-        .args(["--example", "write_random_llama", "--"])
-        .arg(&tiny)
-        .arg(&smollm2)
-        .status()
-        .map_err(|e| format!("running write_random_llama: {e}"))?;
-    if !status.success() {
-        return Err(format!("write_random_llama failed ({status})"));
-    }
+    let tiny = qemu::tiny_model(&dir)?;
     let bytes = std::fs::read(&tiny).map_err(|e| format!("reading {}: {e}", tiny.display()))?;
     // Cut inside the tensor data: the header parses, the last tensors run past the end.
     let truncated = dir.join("truncated.gguf");
@@ -1607,7 +1524,7 @@ fn test_model_session(elf: &Path) -> Result<ModelRun, String> {
             free_heap: (free_before, free_after),
         })
     })();
-    let run = with_log("model session", &s, r)?;
+    let run = s.with_log("model session", r)?;
     drop(s);
     test_low_memory(elf, &m, &host_tiny)?;
     Ok(run)
@@ -1732,7 +1649,7 @@ fn test_low_memory(elf: &Path, m: &TestModels, host_tiny: &str) -> Result<(), St
         }
         Ok(())
     })();
-    with_log("low-memory load", &s, r)
+    s.with_log("low-memory load", r)
 }
 
 /// `cargo +nightly fmt --check` and clippy (warnings are errors) on the kernel, which
@@ -1892,13 +1809,13 @@ pub fn cmd_boot_time(args: &[String]) -> Result<(), String> {
     for _ in 0..runs.max(1) {
         let mut s = Session::spawn(&opts)?;
         let r = s.wait_for("embodios> ", BOOT_TIMEOUT * 3);
-        let t = with_log("boot", &s, r)?;
+        let t = s.with_log("boot", r)?;
         if used.is_empty() {
             s.send(b"mem\r")?;
             let r = s
                 .wait_for("used:", STEP_TIMEOUT)
                 .and_then(|_| s.wait_for("embodios> ", STEP_TIMEOUT));
-            with_log("mem", &s, r)?;
+            s.with_log("mem", r)?;
             used = s
                 .output()
                 .lines()

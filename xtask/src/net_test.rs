@@ -1350,13 +1350,13 @@ fn metric_503(t: &Target) -> Result<u64, String> {
 
 /// Opens a stream of [`LONG_TOKENS`] and reads up to its first NDJSON line: the
 /// inference slot is busy while the returned connection stays open.
-fn hold_generation(t: &Target) -> Result<TcpStream, String> {
+fn hold_generation(t: &Target, what: &str) -> Result<TcpStream, String> {
     let body = json!({"model": t.model, "prompt": PROMPT, "stream": true,
                       "options": greedy(LONG_TOKENS)})
     .to_string();
     let mut s = t.connect(GENERATE_TIMEOUT)?;
     s.write_all(&t.raw("POST", "/api/generate", Some(&body)))
-        .map_err(|e| format!("long stream: sending: {e}"))?;
+        .map_err(|e| format!("{what}: sending: {e}"))?;
     let mut got = Vec::new();
     let mut buf = [0u8; 512];
     // The head, then the first NDJSON line (`{...}\n` inside a chunk).
@@ -1368,9 +1368,9 @@ fn hold_generation(t: &Target) -> Result<TcpStream, String> {
     while !first_line(&got) {
         let n = s
             .read(&mut buf)
-            .map_err(|e| format!("long stream: reading: {e}"))?;
+            .map_err(|e| format!("{what}: reading: {e}"))?;
         if n == 0 {
-            return Err("long stream: it ended before a token".into());
+            return Err(format!("{what}: the stream ended before a token"));
         }
         got.extend_from_slice(&buf[..n]);
     }
@@ -1392,7 +1392,7 @@ enum Outcome {
 /// saw; a good request afterwards succeeds.
 fn suite_overload(t: &Target, refs: &Refs) -> Result<String, String> {
     let before_503 = metric_503(t)?;
-    let long = hold_generation(t)?;
+    let long = hold_generation(t, "long stream")?;
     let t0 = Instant::now();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Connections are opened one after the other, CONNECT_PACE apart, then all wait
@@ -1617,31 +1617,9 @@ fn suite_measure(t: &Target, refs: &Refs) -> Result<String, String> {
 /// as cancelled) and the next request is answered.
 fn suite_disconnect(t: &Target, refs: &Refs) -> Result<String, String> {
     let cancelled = metric(t, "embodios_generations_cancelled_total")?;
-    let body = json!({"model": t.model, "prompt": PROMPT, "stream": true,
-                      "options": greedy(LONG_TOKENS)})
-    .to_string();
     let t0 = Instant::now();
     {
-        let mut s = t.connect(GENERATE_TIMEOUT)?;
-        s.write_all(&t.raw("POST", "/api/generate", Some(&body)))
-            .map_err(|e| format!("mid-stream disconnect: sending: {e}"))?;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 512];
-        // The head, then the first NDJSON line (`{...}\n` inside a chunk).
-        let first_line = |got: &[u8]| {
-            got.windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .is_some_and(|h| got[h..].windows(2).any(|w| w == b"}\n"))
-        };
-        while !first_line(&got) {
-            let n = s
-                .read(&mut buf)
-                .map_err(|e| format!("mid-stream disconnect: reading: {e}"))?;
-            if n == 0 {
-                return Err("mid-stream disconnect: the stream ended before a token".into());
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        let _stream = hold_generation(t, "mid-stream disconnect")?;
         // Dropped here, with the stream still coming: the server sees the client gone.
     }
     let body = json!({"model": t.model, "prompt": PROMPT, "stream": false,

@@ -446,17 +446,23 @@ pub fn expect_all(what: &str, text: &str, wants: &[&str]) -> Result<(), String> 
     Ok(())
 }
 
-/// SmolLM2: `$EMBODIOS_MODEL_SMOLLM2_135M`, else the model cache (fetched if needed).
-pub fn smollm2_path() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("EMBODIOS_MODEL_SMOLLM2_135M") {
+/// A cached model file: `$ENV` when it names a file, else the model cache (fetched
+/// and checked against its pinned SHA-256 if missing).
+pub fn model_path(env: &str, name: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
     }
-    let spec = crate::models::find(crate::models::DEFAULT_MODEL)?;
+    let spec = crate::models::find(name)?;
     crate::models::fetch(spec)
-        .map_err(|e| format!("model not found: run `cargo xtask fetch-model` ({e})"))
+        .map_err(|e| format!("model not found: run `cargo xtask fetch-model {name}` ({e})"))
+}
+
+/// SmolLM2: `$EMBODIOS_MODEL_SMOLLM2_135M`, else the model cache (fetched if needed).
+pub fn smollm2_path() -> Result<PathBuf, String> {
+    model_path("EMBODIOS_MODEL_SMOLLM2_135M", crate::models::DEFAULT_MODEL)
 }
 
 /// The engine's tiny random llama (SmolLM2's tokenizer and chat template), written
