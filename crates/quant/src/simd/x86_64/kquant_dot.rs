@@ -14,6 +14,7 @@ use core::arch::x86_64::*;
 
 use super::{
     entry, f16_pair, fma_ss, hsum_epi32_128, hsum_ps, lane0, lane1, load128, load256, pair_scales,
+    prefetch_ahead,
 };
 use crate::bytes::{blocks, sub};
 use crate::kquants::{
@@ -69,6 +70,7 @@ fn q2_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let low4 = _mm_set1_epi8(0x0F);
     for (x, y) in blocks::<Q2_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q2_K_BYTES);
         let yd = q8k_d(y);
         let dm = f16_pair(sub(x, 80));
         let d = yd * lane0(dm);
@@ -123,6 +125,7 @@ fn q3_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let four = _mm256_set1_epi8(4);
     for (x, y) in blocks::<Q3_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q3_K_BYTES);
         // `d` is the last field: lane 1 of the pair ending the block.
         let d = q8k_d(y) * lane1(f16_pair(sub(x, 106)));
         let scales = q3k_scales(sub(x, 96));
@@ -219,6 +222,7 @@ fn q4_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc_m = _mm_setzero_ps();
     let low4 = _mm256_set1_epi8(0x0F);
     for (x, y) in blocks::<Q4_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q4_K_BYTES);
         let yd = q8k_d(y);
         let dm = f16_pair(sub(x, 0));
         let d = yd * lane0(dm);
@@ -247,6 +251,7 @@ fn q5_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let low4 = _mm256_set1_epi8(0x0F);
     let sixteen = _mm256_set1_epi8(0x10);
     for (x, y) in blocks::<Q5_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q5_K_BYTES);
         let yd = q8k_d(y);
         let dm = f16_pair(sub(x, 0));
         let d = yd * lane0(dm);
@@ -276,6 +281,7 @@ fn q6_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let low4 = _mm256_set1_epi8(0x0F);
     for (x, y) in blocks::<Q6_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q6_K_BYTES);
         let d = q8k_d(y) * lane1(f16_pair(sub(x, 206)));
         let scales = load128(sub(x, 192));
         // The -32 level offset: 32 · Σ sc_j · bsum_j, in the lanes llama.cpp uses

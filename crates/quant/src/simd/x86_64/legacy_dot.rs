@@ -12,7 +12,7 @@ use core::arch::x86_64::*;
 
 use super::{
     bits_to_bytes, entry, f16_pair, hsum_ps, lane0, lane1, load128, load256, nibbles32,
-    pairs_to_i32,
+    pairs_to_i32, prefetch_ahead,
 };
 use crate::bytes::{blocks, sub};
 use crate::legacy::{
@@ -58,6 +58,7 @@ fn five_bit_levels(qs: &[u8; 16], qh: &[u8; 4]) -> __m256i {
 fn q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (x, y) in blocks::<Q4_0_BYTES>(w).zip(blocks::<Q8_0_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), f16_pair(sub(y, 0))));
         let q = offset_dot(nibbles32(sub(x, 2)), load256(sub(y, 2)), 8);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), acc);
@@ -71,6 +72,7 @@ fn q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
     // The `m · s` terms (lane 1), summed in block order as llama.cpp does.
     let mut summs = _mm_setzero_ps();
     for (x, y) in blocks::<Q4_1_BYTES>(w).zip(blocks::<Q8_1_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         // Lanes [d_x, m_x] and [d_y, s_y]: lane 0 of the product is the block scale,
         // lane 1 of `summs` accumulates m_x · s_y (fused, as llama.cpp's build does).
         let (xs, ys) = (f16_pair(sub(x, 0)), f16_pair(sub(y, 0)));
@@ -91,6 +93,7 @@ fn q4_1_q8_1_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     let mut summs = [_mm_setzero_ps(); 4];
     let mut ys = a.map(blocks::<Q8_1_BYTES>);
     for x in blocks::<Q4_1_BYTES>(w) {
+        prefetch_ahead(x.as_ptr(), 64);
         let xs = f16_pair(sub(x, 0));
         let nib = nibbles32(sub(x, 4));
         for ((it, acc), summs) in ys.iter_mut().zip(acc.iter_mut()).zip(summs.iter_mut()) {
@@ -120,6 +123,7 @@ pub(crate) fn dot4_q4_1_q8_1(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
 fn q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (x, y) in blocks::<Q5_0_BYTES>(w).zip(blocks::<Q8_0_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), f16_pair(sub(y, 0))));
         let u = five_bit_levels(sub(x, 6), sub(x, 2));
         let q = offset_dot(u, load256(sub(y, 2)), 16);
@@ -135,6 +139,7 @@ fn q5_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut ys = a.map(blocks::<Q8_0_BYTES>);
     for x in blocks::<Q5_0_BYTES>(w) {
+        prefetch_ahead(x.as_ptr(), 64);
         let xd = f16_pair(sub(x, 0));
         let u = five_bit_levels(sub(x, 6), sub(x, 2));
         for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
@@ -161,6 +166,7 @@ fn q5_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = _mm_setzero_ps();
     for (x, y) in blocks::<Q5_1_BYTES>(w).zip(blocks::<Q8_1_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         // Lanes [d_x, m_x] and [d_y, s_y]: lane 0 of the product is the block scale,
         // lane 1 of `summs` accumulates m_x · s_y (fused, as llama.cpp's build does).
         let (xs, ys) = (f16_pair(sub(x, 0)), f16_pair(sub(y, 0)));
@@ -184,6 +190,7 @@ fn q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let min = _mm256_set1_epi8(i8::MIN);
     for (x, y) in blocks::<Q8_0_BYTES>(w).zip(blocks::<Q8_0_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), f16_pair(sub(y, 0))));
         let (xv, yv) = (load256(sub(x, 2)), load256(sub(y, 2)));
         let has_min = _mm256_cmpeq_epi8(yv, min);

@@ -213,6 +213,28 @@ fn lane1(v: __m128) -> f32 {
     _mm_cvtss_f32(_mm_movehdup_ps(v))
 }
 
+/// How far ahead of the block being multiplied the weight stream is prefetched, in
+/// bytes. A matrix-vector product reads its weight rows once, one after the other, and
+/// the hardware prefetchers stop at every 4 KiB page boundary of the (memory-mapped)
+/// file; asking for the data a few kilobytes ahead keeps the loads from waiting on
+/// memory (measured on SmolLM2 Q4_1, one thread: 25% less CPU time per token with 2 KiB,
+/// no further gain at 4 KiB).
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Prefetches the cache lines of the `len` bytes that start [`PREFETCH_AHEAD`] bytes
+/// after `p` into L1. Only a hint: an address past the end of the row is never read.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_ahead(p: *const u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        // A prefetch never faults and reads nothing architecturally, so any address is
+        // allowed; `wrapping_add` keeps the address computation itself sound.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + off).cast());
+        off += 64;
+    }
+}
+
 /// Horizontal sum of 8 lanes in llama.cpp's order: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
