@@ -383,6 +383,7 @@ impl HeadJob<'_> {
     fn head(&self, h: usize, q: &[f32], out: &mut [f32], s: &mut HeadScratch) {
         let (cache, l, hd, n_kv) = (self.cache, self.layer, self.head_dim, self.n_kv);
         let kvh = h / self.group;
+        let avx2 = crate::simd::avx2_available();
         // llama.cpp multiplies an F16 K by Q converted to F16.
         for (d, &v) in s.q16.iter_mut().zip(q) {
             *d = f16::from_f32(v);
@@ -390,7 +391,7 @@ impl HeadJob<'_> {
         let scores = &mut s.scores[..n_kv];
         for (t, sc) in scores.iter_mut().enumerate() {
             let k0 = cache.k_at(l, t) + kvh * hd;
-            *sc = ops::dot_f16(&s.q16, &cache.k[k0..k0 + hd], self.mode);
+            *sc = crate::simd::dot_f16(&s.q16, &cache.k[k0..k0 + hd], self.mode, avx2);
         }
         (self.trace)("kq", l * 100 + h, scores);
         ops::softmax_scaled_from(scores, self.scale, self.first);
@@ -401,7 +402,7 @@ impl HeadJob<'_> {
         }
         for (d, o) in out.iter_mut().enumerate() {
             let r = cache.v_row(l, kvh, d);
-            *o = ops::dot_f16(&s.probs16[..n_kv], &cache.v[r..r + n_kv], self.mode);
+            *o = crate::simd::dot_f16(&s.probs16[..n_kv], &cache.v[r..r + n_kv], self.mode, avx2);
         }
     }
 }

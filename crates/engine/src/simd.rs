@@ -1,7 +1,8 @@
-//! SIMD versions of the engine's integer inner loops, each with a scalar twin that
-//! defines the result. Only integer sums live here: they are exact in any order, so the
-//! vector and scalar versions agree bit for bit by construction and the float rounding
-//! (which must follow llama.cpp's order) stays in the callers.
+//! SIMD versions of the engine's inner loops, each with a scalar twin that defines the
+//! result. The integer sums are exact in any order, so vector and scalar agree bit for
+//! bit by construction; the f16 attention dot products keep the scalar twin's lanes and
+//! fold order exactly (each f16 x f16 product is exact in f32, so only the additions
+//! round, and they are the same additions in the same order).
 //!
 //! This is the one module of the engine allowed `unsafe`: calling a function compiled
 //! for AVX2 after checking that the CPU has it. Soft-float x86-64 targets (no SSE2, as
@@ -49,9 +50,119 @@ pub fn group_dots_scalar(w: &[u8; 256], a: &[u8; 256]) -> [i32; 8] {
     out
 }
 
+/// [`crate::ops::dot_f16`] (same bits), with AVX2+F16C when `avx2` is set.
+#[inline]
+pub fn dot_f16(x: &[half::f16], y: &[half::f16], mode: crate::ops::DotOrder, avx2: bool) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if avx2 {
+        // SAFETY: `avx2` is only true when `avx2_available` found AVX2, FMA and F16C.
+        return unsafe {
+            match mode {
+                crate::ops::DotOrder::Single => x86::dot_f16_single(x, y),
+                _ => x86::dot_f16_batch(x, y),
+            }
+        };
+    }
+    let _ = avx2;
+    crate::ops::dot_f16(x, y, mode)
+}
+
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod x86 {
     use core::arch::x86_64::*;
+    use half::f16;
+
+    /// Eight f16 values from `p[at..at + 8]` as f32 (exact).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn load8(p: &[u16], at: usize) -> __m256 {
+        let Some(s) = p.get(at..at + 8) else {
+            return _mm256_setzero_ps();
+        };
+        // SAFETY: `s` is 8 readable u16s (16 bytes); `loadu` has no alignment requirement.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(s.as_ptr().cast()) })
+    }
+
+    /// The bits of an f16 slice (`f16` is a transparent wrapper of `u16`).
+    #[inline]
+    fn bits(x: &[f16]) -> &[u16] {
+        // SAFETY: `half::f16` is `#[repr(transparent)]` over `u16`, so the slices have
+        // the same layout, length and lifetime.
+        unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) }
+    }
+
+    /// ggml's 16-lane fold of `lo` (lanes 0..8) and `hi` (8..16), as `ops::reduce16`:
+    /// the halves, then the 4-lane halves, then {0,2} and {1,3}, then the pair.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn reduce16(lo: __m256, hi: __m256) -> f32 {
+        let a = _mm256_add_ps(hi, lo);
+        let b = _mm_add_ps(_mm256_extractf128_ps::<1>(a), _mm256_castps256_ps128(a));
+        let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+        _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)))
+    }
+
+    /// The single-token order of `ops::dot_f16`: four 16-lane accumulators over steps of
+    /// 64 elements (ymm `k` holding elements `8k..8k+8` of a step), a partial last step
+    /// padded with zeros (adding an exact +0 product changes no lane: lanes start at +0
+    /// and never become -0), folded `(a0 + a2) + (a1 + a3)` and then by [`reduce16`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_single(x: &[f16], y: &[f16]) -> f32 {
+        let n = x.len().min(y.len());
+        let (x, y) = (&bits(x)[..n], &bits(y)[..n]);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let full = n & !63;
+        let mut base = 0;
+        while base < full {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let at = base + 8 * k;
+                *a = _mm256_fmadd_ps(load8(x, at), load8(y, at), *a);
+            }
+            base += 64;
+        }
+        if full < n {
+            let (mut px, mut py) = ([0u16; 64], [0u16; 64]);
+            px[..n - full].copy_from_slice(&x[full..]);
+            py[..n - full].copy_from_slice(&y[full..]);
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(load8(&px, 8 * k), load8(&py, 8 * k), *a);
+            }
+        }
+        // Accumulator j is (ymm 2j, ymm 2j+1).
+        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        reduce16(lo, hi)
+    }
+
+    /// The batch order of `ops::dot_f16`: element `i` into lane `i % 16`, then
+    /// [`reduce16`]; the partial last group is padded with zeros.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_batch(x: &[f16], y: &[f16]) -> f32 {
+        let n = x.len().min(y.len());
+        let (x, y) = (&bits(x)[..n], &bits(y)[..n]);
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let full = n & !15;
+        let mut base = 0;
+        while base < full {
+            lo = _mm256_fmadd_ps(load8(x, base), load8(y, base), lo);
+            hi = _mm256_fmadd_ps(load8(x, base + 8), load8(y, base + 8), hi);
+            base += 16;
+        }
+        if full < n {
+            let (mut px, mut py) = ([0u16; 16], [0u16; 16]);
+            px[..n - full].copy_from_slice(&x[full..]);
+            py[..n - full].copy_from_slice(&y[full..]);
+            lo = _mm256_fmadd_ps(load8(&px, 0), load8(&py, 0), lo);
+            hi = _mm256_fmadd_ps(load8(&px, 8), load8(&py, 8), hi);
+        }
+        reduce16(lo, hi)
+    }
 
     /// AVX2 [`super::group_dots`]: unsigned-by-signed byte products summed in pairs to
     /// 16 bits (at most 2 * 127 * 128, no saturation), then to 32 bits, then across.
@@ -88,6 +199,36 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::sampler::Rng;
+
+    #[test]
+    fn f16_dots_match_the_scalar_twin_bit_for_bit() {
+        use crate::ops::DotOrder;
+        use half::f16;
+        let mut rng = Rng::new(21);
+        let avx2 = avx2_available();
+        for trial in 0..400 {
+            let n = [1usize, 7, 15, 16, 17, 63, 64, 65, 100, 128, 200, 256, 513][trial % 13];
+            let m = if trial % 5 == 0 { n + 3 } else { n };
+            // Scores-like (wide range, both signs) and probability-like values, plus
+            // subnormals and zeros now and then.
+            let mut val = |i: usize| -> f16 {
+                let r = rng.next_f64();
+                match (trial + i) % 7 {
+                    0 => f16::from_f32(0.0),
+                    1 => f16::from_bits((rng.next_u64() % 1024) as u16),
+                    _ => f16::from_f64((r * 2.0 - 1.0) * 40.0),
+                }
+            };
+            let x: alloc::vec::Vec<f16> = (0..n).map(&mut val).collect();
+            let y: alloc::vec::Vec<f16> = (0..m).map(&mut val).collect();
+            for mode in [DotOrder::Single, DotOrder::Batch, DotOrder::Tiled] {
+                let want = crate::ops::dot_f16(&x, &y, mode);
+                let got = dot_f16(&x, &y, mode, avx2);
+                assert_eq!(got.to_bits(), want.to_bits(), "n={n} {mode:?}");
+                assert_eq!(dot_f16(&x, &y, mode, false).to_bits(), want.to_bits());
+            }
+        }
+    }
 
     #[test]
     fn group_dots_match_the_scalar_twin() {
