@@ -220,6 +220,15 @@ pub fn vec_dot4(ty: GgmlType) -> Option<VecDot4Fn> {
     simd::vec_dot4(ty)
 }
 
+/// SIMD kernels (one and four activation rows) for `ty` against Q8_K in the order of
+/// ggml's tiled K-quant batch kernel: each 256-element super-block folded to the exact
+/// integers `s1 = Σ scale·dot` (and `s2 = Σ min·bsum`), then `r = s1·d`,
+/// `r = fma(-dmin, s2, r)`, `acc = fma(r, d8, acc)`, the fused steps rounded once from
+/// f64. Q4_K and Q6_K so far, while the SIMD set is active; `None` otherwise.
+pub fn tiled_kernels(ty: GgmlType) -> Option<(VecDotFn, VecDot4Fn)> {
+    simd::tiled(ty)
+}
+
 /// The SIMD kernels of `ty` if this CPU has a SIMD set covering it, regardless of
 /// [`force_scalar`]; `None` otherwise. Lets tests and benchmarks compare both sets.
 pub fn simd_kernels(ty: GgmlType) -> Option<&'static Kernels> {

@@ -43,6 +43,10 @@ mod backend {
     pub(super) fn vec_dot4(_: GgmlType) -> Option<crate::VecDot4Fn> {
         None
     }
+
+    pub(super) fn tiled(_: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)> {
+        None
+    }
 }
 
 /// Set by [`crate::force_scalar`]: ignore the SIMD set even where the CPU has it. Starts
@@ -108,4 +112,12 @@ pub(crate) fn vec_dot4(ty: GgmlType) -> Option<crate::VecDot4Fn> {
         return None;
     }
     backend::vec_dot4(ty)
+}
+
+/// The SIMD tiled-order K-quant kernels of `ty` (one and four rows), if usable right now.
+pub(crate) fn tiled(ty: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)> {
+    if FORCE_SCALAR.load(Ordering::Relaxed) || !backend::available() {
+        return None;
+    }
+    backend::tiled(ty)
 }

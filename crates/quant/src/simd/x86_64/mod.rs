@@ -110,6 +110,16 @@ pub(super) fn vec_dot4(ty: GgmlType) -> Option<crate::VecDot4Fn> {
     }
 }
 
+/// The AVX2 kernels of `ty` in the order of ggml's tiled K-quant batch kernel (one and
+/// four activation rows), where there are some. Callers check [`available`] first.
+pub(super) fn tiled(ty: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)> {
+    match ty {
+        GgmlType::Q4_K => Some((kquant_dot::dot_q4_k_tiled, kquant_dot::dot4_q4_k_tiled)),
+        GgmlType::Q6_K => Some((kquant_dot::dot_q6_k_tiled, kquant_dot::dot4_q6_k_tiled)),
+        _ => None,
+    }
+}
+
 /// The AVX2 kernels of `ty`. Callers check [`available`] first.
 pub(super) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
     use GgmlType as T;
