@@ -783,7 +783,7 @@ impl Model<'_> {
                     }
                 } else {
                     for (g, &u) in gate_out.iter_mut().zip(up_out.iter()) {
-                        *g = ops::gelu(*g) * u;
+                        *g = ops::gelu_fast(*g) * u;
                     }
                 }
             }
@@ -802,7 +802,7 @@ impl Model<'_> {
                 )?;
                 add_bias(gate_out, &layer.w_up);
                 for g in gate_out.iter_mut() {
-                    *g = ops::gelu(*g);
+                    *g = ops::gelu_fast(*g);
                 }
             }
         }
