@@ -224,6 +224,19 @@ const EXP_C3: u32 = 0x3e2a_af33;
 const EXP_C2: u32 = 0x3eff_fedb;
 const EXP_C1: u32 = 0x3f7f_fff6;
 
+/// The constants of [`exp_ggml`] as bit patterns, for the SIMD version in `simd`.
+pub(crate) mod exp_consts {
+    pub const SHIFT: u32 = super::EXP_SHIFT;
+    pub const LOG2E: u32 = super::EXP_LOG2E;
+    pub const LN2_HI: u32 = super::EXP_LN2_HI;
+    pub const LN2_LO: u32 = super::EXP_LN2_LO;
+    pub const C5: u32 = super::EXP_C5;
+    pub const C4: u32 = super::EXP_C4;
+    pub const C3: u32 = super::EXP_C3;
+    pub const C2: u32 = super::EXP_C2;
+    pub const C1: u32 = super::EXP_C1;
+}
+
 /// e^x computed the way ggml's AVX-512 `ggml_v_expf` does (softmax and SiLU use it), so
 /// the results agree to the last bit rather than to an ulp or two.
 pub fn exp_ggml(x: f32) -> f32 {
@@ -269,18 +282,15 @@ pub fn softmax_scaled_from(x: &mut [f32], scale: f32, first: usize) {
             max = *v;
         }
     }
+    // Positions before the window are masked in llama.cpp and contribute exactly 0.
+    let first = first.min(x.len());
+    x[..first].fill(0.0);
+    crate::simd::exp_sub(&mut x[first..], max, crate::simd::avx2_available());
     let mut sum = 0.0f64;
-    for (c, chunk) in x.chunks_mut(16).enumerate() {
+    for chunk in x.chunks(16) {
         // Positions past the end are masked in llama.cpp and contribute exactly 0.
         let mut lanes = [0.0f32; 16];
-        for (j, (l, v)) in lanes.iter_mut().zip(chunk.iter_mut()).enumerate() {
-            *v = if c * 16 + j >= first {
-                exp_ggml(*v - max)
-            } else {
-                0.0
-            };
-            *l = *v;
-        }
+        lanes[..chunk.len()].copy_from_slice(chunk);
         sum += f64::from(reduce16(&lanes));
     }
     let inv = (1.0 / sum) as f32;

@@ -778,9 +778,7 @@ impl Model<'_> {
                 add_bias(gate_out, gate);
                 add_bias(up_out, &layer.w_up);
                 if self.shape.ffn == FfnKind::SwiGlu {
-                    for (g, &u) in gate_out.iter_mut().zip(up_out.iter()) {
-                        *g = ops::silu(*g) * u;
-                    }
+                    crate::simd::silu_mul(gate_out, up_out, crate::simd::avx2_available());
                 } else {
                     for (g, &u) in gate_out.iter_mut().zip(up_out.iter()) {
                         *g = ops::gelu_fast(*g) * u;

@@ -67,10 +67,176 @@ pub fn dot_f16(x: &[half::f16], y: &[half::f16], mode: crate::ops::DotOrder, avx
     crate::ops::dot_f16(x, y, mode)
 }
 
+/// `g[i] = silu(g[i]) * u[i]` ([`crate::ops::silu`], same bits), eight at a time with
+/// AVX2 when `avx2` is set.
+pub fn silu_mul(g: &mut [f32], u: &[f32], avx2: bool) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if avx2 {
+        // SAFETY: `avx2` is only true when `avx2_available` found AVX2, FMA and F16C.
+        unsafe { x86::silu_mul(g, u) };
+        return;
+    }
+    let _ = avx2;
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = crate::ops::silu(*g) * u;
+    }
+}
+
+/// `x[i] = exp_ggml(x[i] - max)` ([`crate::ops::exp_ggml`], same bits), eight at a time
+/// with AVX2 when `avx2` is set.
+pub fn exp_sub(x: &mut [f32], max: f32, avx2: bool) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if avx2 {
+        // SAFETY: `avx2` is only true when `avx2_available` found AVX2, FMA and F16C.
+        unsafe { x86::exp_sub(x, max) };
+        return;
+    }
+    let _ = avx2;
+    for v in x.iter_mut() {
+        *v = crate::ops::exp_ggml(*v - max);
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod x86 {
     use core::arch::x86_64::*;
     use half::f16;
+
+    /// `a * b + c` per lane, rounded once from f64 as `ops::fma` does (the product of
+    /// two f32 is exact in f64, so this is the f64 sum rounded to f32).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn fma_f64(a: __m256, b: __m256, c: __m256) -> __m256 {
+        let half = |v: __m256, hi: bool| {
+            if hi {
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v))
+            } else {
+                _mm256_cvtps_pd(_mm256_castps256_ps128(v))
+            }
+        };
+        let lo = _mm256_add_pd(
+            _mm256_mul_pd(half(a, false), half(b, false)),
+            half(c, false),
+        );
+        let hi = _mm256_add_pd(_mm256_mul_pd(half(a, true), half(b, true)), half(c, true));
+        _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo))
+    }
+
+    /// 2^k per lane for integers `k` in -126..=127 (exact).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn pow2(k: __m256i) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            k,
+            _mm256_set1_epi32(127),
+        )))
+    }
+
+    /// `ops::exp_ggml` of eight values, step for step: the same constants, the same
+    /// f64-rounded fused steps, and `scalbnf` as two multiplies of which only the last
+    /// can round (the first scales by 2^k1, k1 = clamp(k, -100, 127), exactly), so
+    /// subnormal and overflowing results round once, as `scalbnf` does.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn exp8(x: __m256) -> __m256 {
+        use crate::ops::exp_consts as e;
+        let c = |b: u32| _mm256_set1_ps(f32::from_bits(b));
+        let r = c(e::SHIFT);
+        let z = fma_f64(x, c(e::LOG2E), r);
+        let n = _mm256_sub_ps(z, r);
+        let neg_n = _mm256_xor_ps(n, _mm256_set1_ps(-0.0));
+        let b = fma_f64(neg_n, c(e::LN2_LO), fma_f64(neg_n, c(e::LN2_HI), x));
+        let u = _mm256_mul_ps(b, b);
+        let j = fma_f64(
+            fma_f64(
+                fma_f64(c(e::C5), b, c(e::C4)),
+                u,
+                fma_f64(c(e::C3), b, c(e::C2)),
+            ),
+            u,
+            fma_f64(c(e::C1), b, _mm256_set1_ps(1.0)),
+        );
+        // `n as i32`: n is integral here (or NaN, where j is NaN too and any scale
+        // keeps it NaN).
+        let k = _mm256_cvttps_epi32(n);
+        let k1 = _mm256_min_epi32(
+            _mm256_max_epi32(k, _mm256_set1_epi32(-100)),
+            _mm256_set1_epi32(127),
+        );
+        let k2 = _mm256_sub_epi32(k, k1);
+        // For |n| <= 192, k2 is in -92..=65: both powers are normal numbers.
+        let k2 = _mm256_min_epi32(
+            _mm256_max_epi32(k2, _mm256_set1_epi32(-126)),
+            _mm256_set1_epi32(127),
+        );
+        let scaled = _mm256_mul_ps(_mm256_mul_ps(j, pow2(k1)), pow2(k2));
+        // Out of range: 0 or infinity, as the scalar version.
+        let abs_n = _mm256_and_ps(n, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF)));
+        let out = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+        let nonpos = _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps());
+        let sub = _mm256_blendv_ps(_mm256_set1_ps(f32::INFINITY), _mm256_setzero_ps(), nonpos);
+        _mm256_blendv_ps(scaled, sub, out)
+    }
+
+    /// Eight f32s from `x[at..at + 8]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn load_ps(x: &[f32; 8]) -> __m256 {
+        // SAFETY: `x` is 8 readable f32s; `loadu` has no alignment requirement.
+        unsafe { _mm256_loadu_ps(x.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn store_ps(out: &mut [f32; 8], v: __m256) {
+        // SAFETY: `out` is 8 writable f32s; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) }
+    }
+
+    /// AVX2 [`super::silu_mul`]: `g / (1 + exp(-g)) * u` with the same operations.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+        let n = g.len().min(u.len()) & !7;
+        let (gv, gt) = g.split_at_mut(n);
+        let (uv, ut) = u.split_at(n);
+        for (g8, u8) in gv.chunks_exact_mut(8).zip(uv.chunks_exact(8)) {
+            let (Ok(g8), Ok(u8)) = (<&mut [f32; 8]>::try_from(g8), <&[f32; 8]>::try_from(u8))
+            else {
+                continue;
+            };
+            let x = load_ps(g8);
+            let e = exp8(_mm256_xor_ps(x, _mm256_set1_ps(-0.0)));
+            let s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            store_ps(g8, _mm256_mul_ps(s, load_ps(u8)));
+        }
+        for (g, &u) in gt.iter_mut().zip(ut) {
+            *g = crate::ops::silu(*g) * u;
+        }
+    }
+
+    /// AVX2 [`super::exp_sub`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn exp_sub(x: &mut [f32], max: f32) {
+        let n = x.len() & !7;
+        let (xv, xt) = x.split_at_mut(n);
+        let m = _mm256_set1_ps(max);
+        for x8 in xv.chunks_exact_mut(8) {
+            let Ok(x8) = <&mut [f32; 8]>::try_from(x8) else {
+                continue;
+            };
+            let v = exp8(_mm256_sub_ps(load_ps(x8), m));
+            store_ps(x8, v);
+        }
+        for v in xt.iter_mut() {
+            *v = crate::ops::exp_ggml(*v - max);
+        }
+    }
 
     /// Eight f16 values from `p[at..at + 8]` as f32 (exact).
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -226,6 +392,41 @@ mod tests {
                 let got = dot_f16(&x, &y, mode, avx2);
                 assert_eq!(got.to_bits(), want.to_bits(), "n={n} {mode:?}");
                 assert_eq!(dot_f16(&x, &y, mode, false).to_bits(), want.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn silu_and_exp_match_the_scalar_twins_bit_for_bit() {
+        let mut rng = Rng::new(31);
+        let avx2 = avx2_available();
+        let mut xs: alloc::vec::Vec<f32> = (0..20_000)
+            .map(|i| {
+                let r = rng.next_f64() as f32 * 2.0 - 1.0;
+                match i % 4 {
+                    0 => r * 120.0,
+                    1 => r * 8.0,
+                    2 => r * 0.01,
+                    _ => f32::from_bits(rng.next_u64() as u32),
+                }
+            })
+            .collect();
+        xs.extend([0.0, -0.0, 88.7, -87.3, -103.9, -150.0, 133.0, 200.0, -200.0]);
+        xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -1e-40]);
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        let us: alloc::vec::Vec<f32> = xs.iter().map(|_| rng.next_f64() as f32 * 3.0).collect();
+        let mut got = xs.clone();
+        silu_mul(&mut got, &us, avx2);
+        for ((&x, &u), &g) in xs.iter().zip(&us).zip(&got) {
+            let want = crate::ops::silu(x) * u;
+            assert!(same(g, want), "silu({x:e}) * {u}: {g:e} vs {want:e}");
+        }
+        for max in [0.0f32, 3.5, -20.0] {
+            let mut got = xs.clone();
+            exp_sub(&mut got, max, avx2);
+            for (&x, &g) in xs.iter().zip(&got) {
+                let want = crate::ops::exp_ggml(x - max);
+                assert!(same(g, want), "exp({x:e} - {max}): {g:e} vs {want:e}");
             }
         }
     }
