@@ -395,6 +395,20 @@ pub fn lane_dot4(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDot
     }
 }
 
+/// A four-weight-row kernel with the same bits as the single-row kernel
+/// [`lane_dot`] (or the kernel table) hands out for `ty`, if one exists: the legacy
+/// block formats, whose quantised kernels are the same in every order, while
+/// `embodios-quant`'s SIMD set (the one `lane_dot` then uses) is active.
+pub fn lane_rows4(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDotRows4Fn> {
+    let _ = order;
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+            embodios_quant::vec_dot_rows4(ty)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,6 +501,50 @@ mod tests {
                 let got = dot4(&w, [&a[0], &a[1], &a[2], &a[3]]);
                 for (g, a) in got.iter().zip(&a) {
                     assert_eq!(g.to_bits(), one(&w, a).to_bits(), "{ty} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn four_weight_row_kernels_match_the_single_row_kernels() {
+        let mut rng = Rng::new(17);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+        ] {
+            let Some(rows4) = lane_rows4(ty, DotOrder::Single) else {
+                assert_ne!(embodios_quant::active_kernel_set(), "avx2+fma");
+                continue;
+            };
+            let one = lane_dot(ty, DotOrder::Single, 64)
+                .unwrap_or(embodios_quant::kernels(ty).unwrap().vec_dot);
+            let act_ty = embodios_quant::vec_dot_type(ty).unwrap();
+            for trial in 0..100 {
+                let n = 32 * (1 + trial % 24);
+                let w: Vec<Vec<u8>> = (0..4)
+                    .map(|_| encode(ty, &random_row(&mut rng, n, 0.1), false))
+                    .collect();
+                let mut a = encode(act_ty, &random_row(&mut rng, n, 3.0), true);
+                if ty == GgmlType::Q8_0 && trial % 7 == 0 {
+                    // A -128 activation byte takes the widening path.
+                    a[2 + trial % 32] = 0x80;
+                }
+                let got = rows4([&w[0], &w[1], &w[2], &w[3]], &a);
+                for (g, w) in got.iter().zip(&w) {
+                    assert_eq!(g.to_bits(), one(w, &a).to_bits(), "{ty} n={n}");
+                    // And the engine's scalar lane twin, where there is one.
+                    let twin: Option<LaneDot> = match ty {
+                        GgmlType::Q4_0 => Some(dot_q4_0_q8_0),
+                        GgmlType::Q4_1 => Some(dot_q4_1_q8_1),
+                        GgmlType::Q8_0 => Some(dot_q8_0_q8_0),
+                        _ => None,
+                    };
+                    if let Some(twin) = twin {
+                        assert_eq!(g.to_bits(), twin(w, &a).to_bits(), "{ty} n={n} twin");
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use embodios_quant::{VecDot4Fn, VecDotFn};
+use embodios_quant::{VecDot4Fn, VecDotFn, VecDotRows4Fn};
 
 use crate::kernels::{self, QuantError};
 use crate::model::WeightMatrix;
@@ -82,6 +82,9 @@ struct Input<'a, 'w> {
     dot: VecDotFn,
     /// Four tokens at a time with the same bits as `dot`, where a kernel exists.
     dot4: Option<VecDot4Fn>,
+    /// Four rows at a time for one token with the same bits as `dot`, where a kernel
+    /// exists.
+    rows4: Option<VecDotRows4Fn>,
 }
 
 /// Several independent products (Q, K and V of a layer; FFN gate and up) over a batch
@@ -124,12 +127,14 @@ pub fn matmul_set(
         }
         let dot = crate::lanes::lane_dot(w.ty, order, w.cols).unwrap_or(k.vec_dot);
         let dot4 = crate::lanes::lane_dot4(w.ty, order);
+        let rows4 = crate::lanes::lane_rows4(w.ty, order);
         *slot = Some(Input {
             w,
             x: p.x,
             act_len,
             dot,
             dot4,
+            rows4,
         });
         total_rows += w.rows;
     }
@@ -234,6 +239,24 @@ pub fn matmul_set(
 fn rows_into(input: &Input<'_, '_>, tokens: usize, first: usize, out: &mut [f32]) {
     let w = input.w;
     let step = input.act_len.max(1);
+    if let (1, Some(rows4)) = (tokens, input.rows4) {
+        // One token: four rows per call (independent chains, one activation load).
+        let x = &input.x[..step.min(input.x.len())];
+        let mut rows = w.data.chunks_exact(w.row_bytes).skip(first);
+        let mut quads = out.chunks_exact_mut(4);
+        for o4 in &mut quads {
+            let (Some(r0), Some(r1), Some(r2), Some(r3)) =
+                (rows.next(), rows.next(), rows.next(), rows.next())
+            else {
+                return;
+            };
+            o4.copy_from_slice(&rows4([r0, r1, r2, r3], x));
+        }
+        for (o, row) in quads.into_remainder().iter_mut().zip(rows) {
+            *o = (input.dot)(row, x);
+        }
+        return;
+    }
     let rows = w.data.chunks_exact(w.row_bytes).skip(first);
     for (o, row) in out.chunks_exact_mut(tokens).zip(rows) {
         let mut done = 0;

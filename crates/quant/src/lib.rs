@@ -79,6 +79,11 @@ pub type VecDotFn = fn(weights: &[u8], activations: &[u8]) -> f32;
 /// [`Kernels::vec_dot`], bit for bit, with the weight row unpacked once.
 pub type VecDot4Fn = fn(weights: &[u8], activations: [&[u8]; 4]) -> [f32; 4];
 
+/// Four weight rows against one activation row: the four results of the type's
+/// [`Kernels::vec_dot`], bit for bit, with each activation block loaded once and four
+/// independent accumulation chains (the matrix-vector product of decoding).
+pub type VecDotRows4Fn = fn(weights: [&[u8]; 4], activations: &[u8]) -> [f32; 4];
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
@@ -227,6 +232,13 @@ pub fn vec_dot4(ty: GgmlType) -> Option<VecDot4Fn> {
 /// f64. Q4_K and Q6_K so far, while the SIMD set is active; `None` otherwise.
 pub fn tiled_kernels(ty: GgmlType) -> Option<(VecDotFn, VecDot4Fn)> {
     simd::tiled(ty)
+}
+
+/// The four-weight-row form of `kernels(ty)?.vec_dot` where the active kernel set has
+/// one (AVX2 kernels for Q4_0, Q4_1, Q5_0 and Q8_0); `None` otherwise, and under
+/// [`force_scalar`].
+pub fn vec_dot_rows4(ty: GgmlType) -> Option<VecDotRows4Fn> {
+    simd::vec_dot_rows4(ty)
 }
 
 /// The SIMD kernels of `ty` if this CPU has a SIMD set covering it, regardless of

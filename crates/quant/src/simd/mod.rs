@@ -47,6 +47,10 @@ mod backend {
     pub(super) fn tiled(_: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)> {
         None
     }
+
+    pub(super) fn vec_dot_rows4(_: GgmlType) -> Option<crate::VecDotRows4Fn> {
+        None
+    }
 }
 
 /// Set by [`crate::force_scalar`]: ignore the SIMD set even where the CPU has it. Starts
@@ -120,4 +124,12 @@ pub(crate) fn tiled(ty: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)>
         return None;
     }
     backend::tiled(ty)
+}
+
+/// The SIMD four-weight-row dot product of `ty`, if a SIMD set is usable and has one.
+pub(crate) fn vec_dot_rows4(ty: GgmlType) -> Option<crate::VecDotRows4Fn> {
+    if FORCE_SCALAR.load(Ordering::Relaxed) || !backend::available() {
+        return None;
+    }
+    backend::vec_dot_rows4(ty)
 }

@@ -120,6 +120,18 @@ pub(super) fn tiled(ty: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)>
     }
 }
 
+/// The AVX2 four-weight-row kernel of `ty`, where there is one. Callers check
+/// [`available`].
+pub(super) fn vec_dot_rows4(ty: GgmlType) -> Option<crate::VecDotRows4Fn> {
+    match ty {
+        GgmlType::Q4_0 => Some(legacy_dot::rows4_q4_0_q8_0),
+        GgmlType::Q4_1 => Some(legacy_dot::rows4_q4_1_q8_1),
+        GgmlType::Q5_0 => Some(legacy_dot::rows4_q5_0_q8_0),
+        GgmlType::Q8_0 => Some(legacy_dot::rows4_q8_0_q8_0),
+        _ => None,
+    }
+}
+
 /// The AVX2 kernels of `ty`. Callers check [`available`] first.
 pub(super) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
     use GgmlType as T;
