@@ -217,20 +217,73 @@ pub fn matmul_set(
     }
 
     if tokens > 1 {
-        // Row-major results back to one output vector per token.
-        let mut rest: &[f32] = tmp;
-        for p in products.iter_mut() {
-            let rows = p.w.rows;
-            let (head, tail) = rest.split_at(rows * tokens);
-            for (r, col) in head.chunks_exact(tokens).enumerate() {
-                for (t, &v) in col.iter().enumerate() {
-                    p.out[t * rows + r] = v;
+        // Row-major results back to one output vector per token, the tokens split over
+        // the workers (each writes whole output vectors, so the pieces are disjoint).
+        let mut sources: [&[f32]; MAX_PRODUCTS] = [&[]; MAX_PRODUCTS];
+        let mut rows_of = [0usize; MAX_PRODUCTS];
+        {
+            let mut rest: &[f32] = tmp;
+            for ((src, r), p) in sources
+                .iter_mut()
+                .zip(rows_of.iter_mut())
+                .zip(products.iter())
+            {
+                let (head, tail) = rest.split_at(p.w.rows * tokens);
+                *src = head;
+                *r = p.w.rows;
+                rest = tail;
+            }
+        }
+        let workers = threads.min(tokens / TOKENS_PER_TRANSPOSE_WORKER).max(1);
+        if workers == 1 {
+            for (pi, p) in products.iter_mut().enumerate() {
+                transpose_tokens(sources[pi], rows_of[pi], tokens, 0, p.out);
+            }
+        } else {
+            type Share<'o> = [Option<(usize, &'o mut [f32])>; MAX_PRODUCTS];
+            let parts: [spin::Mutex<Share<'_>>; MAX_WORKERS] =
+                core::array::from_fn(|_| spin::Mutex::new([const { None }; MAX_PRODUCTS]));
+            for (pi, p) in products.iter_mut().enumerate() {
+                let rows = rows_of[pi];
+                let mut rest: &mut [f32] = &mut *p.out;
+                for (i, part) in parts.iter().take(workers).enumerate() {
+                    let r = crate::parallel::split_range(tokens, workers, i);
+                    let (head, tail) = core::mem::take(&mut rest).split_at_mut(r.len() * rows);
+                    part.lock()[pi] = Some((r.start, head));
+                    rest = tail;
                 }
             }
-            rest = tail;
+            par.run(&|i| {
+                if let Some(part) = parts.get(i).filter(|_| i < workers) {
+                    for (pi, share) in part.lock().iter_mut().enumerate() {
+                        if let Some((t0, out)) = share {
+                            transpose_tokens(sources[pi], rows_of[pi], tokens, *t0, out);
+                        }
+                    }
+                }
+            });
         }
     }
     Ok(())
+}
+
+/// Below this many tokens per worker the transposition stays on one thread.
+const TOKENS_PER_TRANSPOSE_WORKER: usize = 8;
+
+/// Copies tokens `t0..t0 + out.len() / rows` of the row-major `src` (`[row][token]`,
+/// `tokens` per row) into `out` (`[token][row]`), sixteen tokens (one cache line of a
+/// source row) at a time.
+fn transpose_tokens(src: &[f32], rows: usize, tokens: usize, t0: usize, out: &mut [f32]) {
+    let n = out.len() / rows.max(1);
+    for (b, block) in out.chunks_mut(16 * rows.max(1)).enumerate() {
+        let first = t0 + 16 * b;
+        let width = (n - 16 * b).min(16);
+        for (r, row) in src.chunks_exact(tokens).take(rows).enumerate() {
+            for (j, &v) in row[first..first + width].iter().enumerate() {
+                block[j * rows + r] = v;
+            }
+        }
+    }
 }
 
 /// Rows `first..` of one product for every token, into `out` laid out `[row][token]`
@@ -326,6 +379,7 @@ mod tests {
             (GgmlType::Q8_0, [2000, 7, 1], 1),
             (GgmlType::Q4_1, [97, 64, 64], 5),
             (GgmlType::Q4_0, [300, 1, 30], 9),
+            (GgmlType::Q4_1, [97, 33, 64], 40),
         ] {
             let act_ty = kernels::act_type(ty).unwrap();
             let ws: Vec<Vec<u8>> = rows
