@@ -253,12 +253,16 @@ pub fn matmul_set(
                     rest = tail;
                 }
             }
-            par.run(&|i| {
-                if let Some(part) = parts.get(i).filter(|_| i < workers) {
-                    for (pi, share) in part.lock().iter_mut().enumerate() {
-                        if let Some((t0, out)) = share {
-                            transpose_tokens(sources[pi], rows_of[pi], tokens, *t0, out);
-                        }
+            // Claimed like the row chunks, so every part is done by whoever is free.
+            let next = AtomicUsize::new(0);
+            par.run(&|_| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(part) = parts.get(i).filter(|_| i < workers) else {
+                    break;
+                };
+                for (pi, share) in part.lock().iter_mut().enumerate() {
+                    if let Some((t0, out)) = share {
+                        transpose_tokens(sources[pi], rows_of[pi], tokens, *t0, out);
                     }
                 }
             });
@@ -355,6 +359,20 @@ mod tests {
         }
     }
 
+    /// Says it has `0` workers but only ever runs index 0 (a pool whose other workers
+    /// never come): the work must still all be done.
+    struct OnlyCaller(usize);
+
+    impl Parallel for OnlyCaller {
+        fn threads(&self) -> usize {
+            self.0
+        }
+
+        fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+            job(0);
+        }
+    }
+
     fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
         let x: Vec<f32> = (0..rows * cols)
             .map(|_| rng.next_f64() as f32 * 2.0 - 1.0)
@@ -441,10 +459,17 @@ mod tests {
             };
             let want = run(&Serial(1));
             for workers in [2, 3, 7] {
-                let got = run(&Serial(workers));
-                for (g, w) in got.iter().zip(&want) {
-                    let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{ty} rows {rows:?} tokens {tokens} workers {workers}");
+                for (got, how) in [
+                    (run(&Serial(workers)), "all"),
+                    (run(&OnlyCaller(workers)), "caller only"),
+                ] {
+                    for (g, w) in got.iter().zip(&want) {
+                        let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{ty} rows {rows:?} tokens {tokens} workers {workers} ({how})"
+                        );
+                    }
                 }
             }
             // And the single-worker result is the kernel's own dot product.

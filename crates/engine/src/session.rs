@@ -912,7 +912,16 @@ impl Model<'_> {
                 }
             }
             let (q, heads) = (io.q, &io.heads.0);
-            par.run(&|i| {
+            // Parts are claimed, not assigned by worker index: whoever is free takes
+            // the next one (a late worker's share is not left waiting), and every part
+            // is done even if fewer workers than planned take part. Part `i` uses
+            // scratch `i`, so no two threads share one.
+            let next = core::sync::atomic::AtomicUsize::new(0);
+            par.run(&|_| loop {
+                let i = next.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                if i >= workers {
+                    break;
+                }
                 if let (Some(part), Some(scratch)) = (parts.get(i), heads.get(i)) {
                     let mut part = part.lock();
                     let first = part.0;
