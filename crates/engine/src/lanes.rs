@@ -342,6 +342,11 @@ pub type LaneDot = fn(&[u8], &[u8]) -> f32;
 pub fn lane_dot(ty: GgmlType, order: DotOrder, cols: usize) -> Option<LaneDot> {
     let batch = order != DotOrder::Single && cols.is_multiple_of(16);
     if order == DotOrder::Tiled {
+        // `embodios-quant`'s AVX2 tiled kernels compute these same steps (the test
+        // `simd_tiled_kernels_match_the_lane_kernels` checks the bits).
+        if let Some((one, _)) = embodios_quant::tiled_kernels(ty) {
+            return Some(one);
+        }
         match ty {
             GgmlType::Q4_K => return Some(dot_q4_k_tiled),
             GgmlType::Q5_K => return Some(dot_q5_k_tiled),
@@ -375,6 +380,11 @@ pub fn lane_dot(ty: GgmlType, order: DotOrder, cols: usize) -> Option<LaneDot> {
 /// A four-activation-row kernel with the same bits as [`lane_dot`]'s (or, where that has
 /// none, the active kernel table's) single-row kernel for `ty` in `order`, if one exists.
 pub fn lane_dot4(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDot4Fn> {
+    if order == DotOrder::Tiled {
+        if let Some((_, four)) = embodios_quant::tiled_kernels(ty) {
+            return Some(four);
+        }
+    }
     match (order, ty) {
         (DotOrder::Tiled, GgmlType::Q4_K) => Some(dot4_q4_k_tiled),
         (DotOrder::Tiled, GgmlType::Q5_K) => Some(dot4_q5_k_tiled),
@@ -382,6 +392,20 @@ pub fn lane_dot4(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDot
         // while its SIMD set is active, which is exactly when `lane_dot` and the kernel
         // table hand out those SIMD kernels; none of these types has an order variant.
         _ => embodios_quant::vec_dot4(ty),
+    }
+}
+
+/// A four-weight-row kernel with the same bits as the single-row kernel
+/// [`lane_dot`] (or the kernel table) hands out for `ty`, if one exists: the legacy
+/// block formats, whose quantised kernels are the same in every order, while
+/// `embodios-quant`'s SIMD set (the one `lane_dot` then uses) is active.
+pub fn lane_rows4(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDotRows4Fn> {
+    let _ = order;
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+            embodios_quant::vec_dot_rows4(ty)
+        }
+        _ => None,
     }
 }
 
@@ -483,6 +507,50 @@ mod tests {
     }
 
     #[test]
+    fn four_weight_row_kernels_match_the_single_row_kernels() {
+        let mut rng = Rng::new(17);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+        ] {
+            let Some(rows4) = lane_rows4(ty, DotOrder::Single) else {
+                assert_ne!(embodios_quant::active_kernel_set(), "avx2+fma");
+                continue;
+            };
+            let one = lane_dot(ty, DotOrder::Single, 64)
+                .unwrap_or(embodios_quant::kernels(ty).unwrap().vec_dot);
+            let act_ty = embodios_quant::vec_dot_type(ty).unwrap();
+            for trial in 0..100 {
+                let n = 32 * (1 + trial % 24);
+                let w: Vec<Vec<u8>> = (0..4)
+                    .map(|_| encode(ty, &random_row(&mut rng, n, 0.1), false))
+                    .collect();
+                let mut a = encode(act_ty, &random_row(&mut rng, n, 3.0), true);
+                if ty == GgmlType::Q8_0 && trial % 7 == 0 {
+                    // A -128 activation byte takes the widening path.
+                    a[2 + trial % 32] = 0x80;
+                }
+                let got = rows4([&w[0], &w[1], &w[2], &w[3]], &a);
+                for (g, w) in got.iter().zip(&w) {
+                    assert_eq!(g.to_bits(), one(w, &a).to_bits(), "{ty} n={n}");
+                    // And the engine's scalar lane twin, where there is one.
+                    let twin: Option<LaneDot> = match ty {
+                        GgmlType::Q4_0 => Some(dot_q4_0_q8_0),
+                        GgmlType::Q4_1 => Some(dot_q4_1_q8_1),
+                        GgmlType::Q8_0 => Some(dot_q8_0_q8_0),
+                        _ => None,
+                    };
+                    if let Some(twin) = twin {
+                        assert_eq!(g.to_bits(), twin(w, &a).to_bits(), "{ty} n={n} twin");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn four_row_tiled_kernels_match_the_single_row_ones() {
         let mut rng = Rng::new(12);
         let pairs: [(GgmlType, LaneDot, embodios_quant::VecDot4Fn); 2] = [
@@ -500,6 +568,36 @@ mod tests {
                 let got = four(&w, [&a[0], &a[1], &a[2], &a[3]]);
                 for (g, a) in got.iter().zip(&a) {
                     assert_eq!(g.to_bits(), one(&w, a).to_bits(), "{ty} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_tiled_kernels_match_the_lane_kernels() {
+        let mut rng = Rng::new(13);
+        let pairs: [(GgmlType, LaneDot); 2] = [
+            (GgmlType::Q4_K, dot_q4_k_tiled),
+            (GgmlType::Q6_K, dot_q6_k_tiled),
+        ];
+        for (ty, twin) in pairs {
+            let Some((one, four)) = embodios_quant::tiled_kernels(ty) else {
+                // Without AVX2 the engine uses the lane kernels themselves.
+                assert_ne!(embodios_quant::active_kernel_set(), "avx2+fma");
+                continue;
+            };
+            for trial in 0..60 {
+                let n = 256 * (1 + trial % 3);
+                let scale = [0.01f32, 0.2, 3.0][trial % 3];
+                let w = encode(ty, &random_row(&mut rng, n, scale), false);
+                let a: Vec<Vec<u8>> = (0..4)
+                    .map(|_| encode(GgmlType::Q8_K, &random_row(&mut rng, n, 2.0), true))
+                    .collect();
+                let got4 = four(&w, [&a[0], &a[1], &a[2], &a[3]]);
+                for (g, a) in got4.iter().zip(&a) {
+                    let want = twin(&w, a);
+                    assert_eq!(g.to_bits(), want.to_bits(), "{ty} n={n} (four rows)");
+                    assert_eq!(one(&w, a).to_bits(), want.to_bits(), "{ty} n={n}");
                 }
             }
         }

@@ -5,12 +5,14 @@
 //! as for one token, so a batch gives the same bits as its tokens one by one (given the
 //! same [`DotOrder`]). Nothing here allocates: decoding a token must not touch the heap.
 
-use embodios_quant::{VecDot4Fn, VecDotFn};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use embodios_quant::{VecDot4Fn, VecDotFn, VecDotRows4Fn};
 
 use crate::kernels::{self, QuantError};
 use crate::model::WeightMatrix;
 use crate::ops::DotOrder;
-use crate::parallel::{split_range, Parallel};
+use crate::parallel::Parallel;
 
 /// Below this many dot products per worker the fork/join costs more than it saves.
 const MIN_DOTS_PER_WORKER: usize = 16;
@@ -18,9 +20,15 @@ const MIN_DOTS_PER_WORKER: usize = 16;
 /// Most products one [`matmul_set`] takes (Q, K and V).
 pub const MAX_PRODUCTS: usize = 3;
 
-/// Most workers one product set is split over (more threads than this stay idle); the
-/// split lives on the stack, so it is bounded.
+/// Most workers one product set is split over (more threads than this stay idle).
 const MAX_WORKERS: usize = 64;
+
+/// Chunks per worker a product set is cut into when the rows allow it.
+const CHUNKS_PER_WORKER: usize = 8;
+
+/// Most chunks one product set is cut into (the split lives on the stack, so it is
+/// bounded; large matrices get larger chunks).
+const MAX_CHUNKS: usize = 128;
 
 /// `out[r] = dot(w.row(r), x)` for every row, with `x_quantized` being the input vector
 /// already quantised to `vec_dot_type(w.ty)` (see [`crate::kernels::quantize_act`]),
@@ -74,6 +82,9 @@ struct Input<'a, 'w> {
     dot: VecDotFn,
     /// Four tokens at a time with the same bits as `dot`, where a kernel exists.
     dot4: Option<VecDot4Fn>,
+    /// Four rows at a time for one token with the same bits as `dot`, where a kernel
+    /// exists.
+    rows4: Option<VecDotRows4Fn>,
 }
 
 /// Several independent products (Q, K and V of a layer; FFN gate and up) over a batch
@@ -116,12 +127,14 @@ pub fn matmul_set(
         }
         let dot = crate::lanes::lane_dot(w.ty, order, w.cols).unwrap_or(k.vec_dot);
         let dot4 = crate::lanes::lane_dot4(w.ty, order);
+        let rows4 = crate::lanes::lane_rows4(w.ty, order);
         *slot = Some(Input {
             w,
             x: p.x,
             act_len,
             dot,
             dot4,
+            rows4,
         });
         total_rows += w.rows;
     }
@@ -148,10 +161,10 @@ pub fn matmul_set(
         }
     }
 
-    let workers = par
-        .threads()
+    let threads = par.threads().clamp(1, MAX_WORKERS);
+    let workers = threads
         .min(total_rows * tokens / MIN_DOTS_PER_WORKER)
-        .clamp(1, MAX_WORKERS);
+        .max(1);
     if workers == 1 {
         for (t, input) in targets.iter_mut().zip(&inputs) {
             if let Some(input) = input {
@@ -159,47 +172,122 @@ pub fn matmul_set(
             }
         }
     } else {
-        // Each worker owns one contiguous slice of every target, handed over through an
-        // uncontended lock so the engine needs no unsafe code to share the outputs.
-        type Share<'o> = [Option<(usize, &'o mut [f32])>; MAX_PRODUCTS];
-        let parts: [spin::Mutex<Share<'_>>; MAX_WORKERS] =
-            core::array::from_fn(|_| spin::Mutex::new([const { None }; MAX_PRODUCTS]));
+        // The rows are cut into chunks (several per worker, so that a worker that
+        // starts late or runs slower takes fewer and all finish together), claimed in
+        // order through an atomic counter. Each chunk's output slice is handed over
+        // through an uncontended lock so the engine needs no unsafe code to share the
+        // outputs; everything lives on the stack (nothing is allocated per token).
+        let per_chunk = (total_rows / (CHUNKS_PER_WORKER * workers))
+            .max(MIN_DOTS_PER_WORKER.div_ceil(tokens))
+            .max(total_rows.div_ceil(MAX_CHUNKS - MAX_PRODUCTS))
+            .next_multiple_of(4);
+        // Each product's last chunk may be short, so there are at most
+        // `total_rows / per_chunk + MAX_PRODUCTS <= MAX_CHUNKS` chunks: none is dropped.
+        type Chunk<'o> = Option<(usize, usize, &'o mut [f32])>;
+        let chunks: [spin::Mutex<Chunk<'_>>; MAX_CHUNKS] =
+            core::array::from_fn(|_| spin::Mutex::new(None));
+        let mut n_chunks = 0;
         for (pi, (t, input)) in targets.iter_mut().zip(&inputs).enumerate() {
             let Some(input) = input else { continue };
             let mut rest: &mut [f32] = core::mem::take(t);
-            for (i, part) in parts.iter().take(workers).enumerate() {
-                let r = split_range(input.w.rows, workers, i);
-                let (head, tail) = rest.split_at_mut(r.len() * tokens);
-                part.lock()[pi] = Some((r.start, head));
+            let mut first = 0;
+            while first < input.w.rows {
+                let len = per_chunk.min(input.w.rows - first);
+                let (head, tail) = rest.split_at_mut(len * tokens);
+                if let Some(c) = chunks.get(n_chunks) {
+                    *c.lock() = Some((pi, first, head));
+                }
+                n_chunks += 1;
                 rest = tail;
+                first += len;
             }
         }
-        par.run(&|i| {
-            if let Some(part) = parts.get(i) {
-                for (share, input) in part.lock().iter_mut().zip(&inputs) {
-                    if let (Some((first, slice)), Some(input)) = (share, input) {
-                        rows_into(input, tokens, *first, slice);
-                    }
+        let next = AtomicUsize::new(0);
+        par.run(&|_| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(chunk) = chunks.get(i).filter(|_| i < n_chunks) else {
+                break;
+            };
+            if let Some((pi, first, slice)) = chunk.lock().as_mut() {
+                if let Some(Some(input)) = inputs.get(*pi) {
+                    rows_into(input, tokens, *first, slice);
                 }
             }
         });
     }
 
     if tokens > 1 {
-        // Row-major results back to one output vector per token.
-        let mut rest: &[f32] = tmp;
-        for p in products.iter_mut() {
-            let rows = p.w.rows;
-            let (head, tail) = rest.split_at(rows * tokens);
-            for (r, col) in head.chunks_exact(tokens).enumerate() {
-                for (t, &v) in col.iter().enumerate() {
-                    p.out[t * rows + r] = v;
+        // Row-major results back to one output vector per token, the tokens split over
+        // the workers (each writes whole output vectors, so the pieces are disjoint).
+        let mut sources: [&[f32]; MAX_PRODUCTS] = [&[]; MAX_PRODUCTS];
+        let mut rows_of = [0usize; MAX_PRODUCTS];
+        {
+            let mut rest: &[f32] = tmp;
+            for ((src, r), p) in sources
+                .iter_mut()
+                .zip(rows_of.iter_mut())
+                .zip(products.iter())
+            {
+                let (head, tail) = rest.split_at(p.w.rows * tokens);
+                *src = head;
+                *r = p.w.rows;
+                rest = tail;
+            }
+        }
+        let workers = threads.min(tokens / TOKENS_PER_TRANSPOSE_WORKER).max(1);
+        if workers == 1 {
+            for (pi, p) in products.iter_mut().enumerate() {
+                transpose_tokens(sources[pi], rows_of[pi], tokens, 0, p.out);
+            }
+        } else {
+            type Share<'o> = [Option<(usize, &'o mut [f32])>; MAX_PRODUCTS];
+            let parts: [spin::Mutex<Share<'_>>; MAX_WORKERS] =
+                core::array::from_fn(|_| spin::Mutex::new([const { None }; MAX_PRODUCTS]));
+            for (pi, p) in products.iter_mut().enumerate() {
+                let rows = rows_of[pi];
+                let mut rest: &mut [f32] = &mut *p.out;
+                for (i, part) in parts.iter().take(workers).enumerate() {
+                    let r = crate::parallel::split_range(tokens, workers, i);
+                    let (head, tail) = core::mem::take(&mut rest).split_at_mut(r.len() * rows);
+                    part.lock()[pi] = Some((r.start, head));
+                    rest = tail;
                 }
             }
-            rest = tail;
+            // Claimed like the row chunks, so every part is done by whoever is free.
+            let next = AtomicUsize::new(0);
+            par.run(&|_| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(part) = parts.get(i).filter(|_| i < workers) else {
+                    break;
+                };
+                for (pi, share) in part.lock().iter_mut().enumerate() {
+                    if let Some((t0, out)) = share {
+                        transpose_tokens(sources[pi], rows_of[pi], tokens, *t0, out);
+                    }
+                }
+            });
         }
     }
     Ok(())
+}
+
+/// Below this many tokens per worker the transposition stays on one thread.
+const TOKENS_PER_TRANSPOSE_WORKER: usize = 8;
+
+/// Copies tokens `t0..t0 + out.len() / rows` of the row-major `src` (`[row][token]`,
+/// `tokens` per row) into `out` (`[token][row]`), sixteen tokens (one cache line of a
+/// source row) at a time.
+fn transpose_tokens(src: &[f32], rows: usize, tokens: usize, t0: usize, out: &mut [f32]) {
+    let n = out.len() / rows.max(1);
+    for (b, block) in out.chunks_mut(16 * rows.max(1)).enumerate() {
+        let first = t0 + 16 * b;
+        let width = (n - 16 * b).min(16);
+        for (r, row) in src.chunks_exact(tokens).take(rows).enumerate() {
+            for (j, &v) in row[first..first + width].iter().enumerate() {
+                block[j * rows + r] = v;
+            }
+        }
+    }
 }
 
 /// Rows `first..` of one product for every token, into `out` laid out `[row][token]`
@@ -208,6 +296,24 @@ pub fn matmul_set(
 fn rows_into(input: &Input<'_, '_>, tokens: usize, first: usize, out: &mut [f32]) {
     let w = input.w;
     let step = input.act_len.max(1);
+    if let (1, Some(rows4)) = (tokens, input.rows4) {
+        // One token: four rows per call (independent chains, one activation load).
+        let x = &input.x[..step.min(input.x.len())];
+        let mut rows = w.data.chunks_exact(w.row_bytes).skip(first);
+        let mut quads = out.chunks_exact_mut(4);
+        for o4 in &mut quads {
+            let (Some(r0), Some(r1), Some(r2), Some(r3)) =
+                (rows.next(), rows.next(), rows.next(), rows.next())
+            else {
+                return;
+            };
+            o4.copy_from_slice(&rows4([r0, r1, r2, r3], x));
+        }
+        for (o, row) in quads.into_remainder().iter_mut().zip(rows) {
+            *o = (input.dot)(row, x);
+        }
+        return;
+    }
     let rows = w.data.chunks_exact(w.row_bytes).skip(first);
     for (o, row) in out.chunks_exact_mut(tokens).zip(rows) {
         let mut done = 0;
@@ -225,6 +331,153 @@ fn rows_into(input: &Input<'_, '_>, tokens: usize, first: usize, out: &mut [f32]
             .zip(input.x.chunks_exact(step).skip(done))
         {
             *v = (input.dot)(row, x);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::Rng;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use embodios_gguf::GgmlType;
+
+    /// Runs the workers one after the other, so a test sees every worker index without
+    /// threads.
+    struct Serial(usize);
+
+    impl Parallel for Serial {
+        fn threads(&self) -> usize {
+            self.0
+        }
+
+        fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+            for i in 0..self.0 {
+                job(i);
+            }
+        }
+    }
+
+    /// Says it has `0` workers but only ever runs index 0 (a pool whose other workers
+    /// never come): the work must still all be done.
+    struct OnlyCaller(usize);
+
+    impl Parallel for OnlyCaller {
+        fn threads(&self) -> usize {
+            self.0
+        }
+
+        fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+            job(0);
+        }
+    }
+
+    fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.next_f64() as f32 * 2.0 - 1.0)
+            .collect();
+        let mut out = vec![0u8; ty.bytes_for((rows * cols) as u64).unwrap() as usize];
+        for (src, dst) in x
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(ty.bytes_for(cols as u64).unwrap() as usize))
+        {
+            kernels::quantize_weights(ty, src, dst).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn chunked_product_sets_equal_one_worker_bit_for_bit() {
+        let mut rng = Rng::new(77);
+        let cols = 64;
+        for &(ty, rows, tokens) in &[
+            (GgmlType::Q4_1, [5usize, 3, 3], 1usize),
+            (GgmlType::Q8_0, [600, 190, 190], 1),
+            (GgmlType::Q8_0, [2000, 7, 1], 1),
+            (GgmlType::Q4_1, [97, 64, 64], 5),
+            (GgmlType::Q4_0, [300, 1, 30], 9),
+            (GgmlType::Q4_1, [97, 33, 64], 40),
+        ] {
+            let act_ty = kernels::act_type(ty).unwrap();
+            let ws: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|&r| weights(&mut rng, ty, r, cols))
+                .collect();
+            let mats: Vec<WeightMatrix<'_>> = ws
+                .iter()
+                .zip(rows)
+                .map(|(d, r)| WeightMatrix {
+                    name: "w".into(),
+                    ty,
+                    cols,
+                    rows: r,
+                    row_bytes: d.len() / r,
+                    data: d,
+                })
+                .collect();
+            let x: Vec<f32> = (0..cols * tokens)
+                .map(|_| rng.next_f64() as f32 * 4.0 - 2.0)
+                .collect();
+            let n = kernels::act_bytes(act_ty, cols);
+            let mut xq = vec![0u8; n * tokens];
+            for (xt, q) in x.chunks_exact(cols).zip(xq.chunks_exact_mut(n)) {
+                kernels::quantize_act(act_ty, xt, q).unwrap();
+            }
+            let total: usize = rows.iter().sum();
+            let run = |par: &dyn Parallel| -> Vec<Vec<f32>> {
+                let mut outs: Vec<Vec<f32>> = rows.iter().map(|r| vec![0.0; r * tokens]).collect();
+                let mut tmp = vec![0.0; total * tokens];
+                let [o0, o1, o2] = &mut outs[..] else {
+                    unreachable!()
+                };
+                matmul_set(
+                    &mut [
+                        Product {
+                            w: &mats[0],
+                            x: &xq,
+                            out: o0,
+                        },
+                        Product {
+                            w: &mats[1],
+                            x: &xq,
+                            out: o1,
+                        },
+                        Product {
+                            w: &mats[2],
+                            x: &xq,
+                            out: o2,
+                        },
+                    ],
+                    tokens,
+                    &mut tmp,
+                    par,
+                    DotOrder::for_batch(tokens),
+                )
+                .unwrap();
+                outs
+            };
+            let want = run(&Serial(1));
+            for workers in [2, 3, 7] {
+                for (got, how) in [
+                    (run(&Serial(workers)), "all"),
+                    (run(&OnlyCaller(workers)), "caller only"),
+                ] {
+                    for (g, w) in got.iter().zip(&want) {
+                        let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{ty} rows {rows:?} tokens {tokens} workers {workers} ({how})"
+                        );
+                    }
+                }
+            }
+            // And the single-worker result is the kernel's own dot product.
+            let k = kernels::table(ty).unwrap();
+            let r0 = mats[0].row(rows[0] - 1);
+            let d = crate::lanes::lane_dot(ty, DotOrder::for_batch(tokens), cols)
+                .unwrap_or(k.vec_dot)(r0, &xq[..n]);
+            assert_eq!(want[0][rows[0] - 1].to_bits(), d.to_bits());
         }
     }
 }

@@ -70,11 +70,43 @@ pub fn gelu(x: f32) -> f32 {
     } else if x >= 10.0 {
         x
     } else {
-        let h = f16::from_f32(x).to_f32();
-        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-        const COEF_A: f32 = 0.044715;
-        let inner = SQRT_2_OVER_PI * h * fma(COEF_A * h, h, 1.0);
-        f16::from_f32(0.5 * h * (1.0 + tanh(inner))).to_f32()
+        gelu_of_f16(f16::from_f32(x)).to_f32()
+    }
+}
+
+/// The f16-rounded tanh-GELU of an f16 value (the inner part of [`gelu`]).
+fn gelu_of_f16(h: f16) -> f16 {
+    let h = h.to_f32();
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044715;
+    let inner = SQRT_2_OVER_PI * h * fma(COEF_A * h, h, 1.0);
+    f16::from_f32(0.5 * h * (1.0 + tanh(inner)))
+}
+
+/// [`gelu`] of every f16 value (as f16 bits), computed once on first use: the function
+/// rounds its input to f16 before anything else, so a lookup gives the same bits (ggml's
+/// CPU backend uses such a table too). Building it costs about a millisecond.
+static GELU_TABLE: spin::Once<alloc::boxed::Box<[u16]>> = spin::Once::new();
+
+fn gelu_table() -> &'static [u16] {
+    GELU_TABLE.call_once(|| {
+        (0..=u16::MAX)
+            .map(|b| gelu_of_f16(f16::from_bits(b)).to_bits())
+            .collect()
+    })
+}
+
+/// [`gelu`] through the table (same bits).
+#[inline]
+pub fn gelu_fast(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        let t = gelu_table();
+        let b = f16::from_f32(x).to_bits() as usize;
+        crate::f16table::f16_to_f32(t.get(b).copied().unwrap_or(0))
     }
 }
 
@@ -192,6 +224,19 @@ const EXP_C3: u32 = 0x3e2a_af33;
 const EXP_C2: u32 = 0x3eff_fedb;
 const EXP_C1: u32 = 0x3f7f_fff6;
 
+/// The constants of [`exp_ggml`] as bit patterns, for the SIMD version in `simd`.
+pub(crate) mod exp_consts {
+    pub const SHIFT: u32 = super::EXP_SHIFT;
+    pub const LOG2E: u32 = super::EXP_LOG2E;
+    pub const LN2_HI: u32 = super::EXP_LN2_HI;
+    pub const LN2_LO: u32 = super::EXP_LN2_LO;
+    pub const C5: u32 = super::EXP_C5;
+    pub const C4: u32 = super::EXP_C4;
+    pub const C3: u32 = super::EXP_C3;
+    pub const C2: u32 = super::EXP_C2;
+    pub const C1: u32 = super::EXP_C1;
+}
+
 /// e^x computed the way ggml's AVX-512 `ggml_v_expf` does (softmax and SiLU use it), so
 /// the results agree to the last bit rather than to an ulp or two.
 pub fn exp_ggml(x: f32) -> f32 {
@@ -237,18 +282,15 @@ pub fn softmax_scaled_from(x: &mut [f32], scale: f32, first: usize) {
             max = *v;
         }
     }
+    // Positions before the window are masked in llama.cpp and contribute exactly 0.
+    let first = first.min(x.len());
+    x[..first].fill(0.0);
+    crate::simd::exp_sub(&mut x[first..], max, crate::simd::avx2_available());
     let mut sum = 0.0f64;
-    for (c, chunk) in x.chunks_mut(16).enumerate() {
+    for chunk in x.chunks(16) {
         // Positions past the end are masked in llama.cpp and contribute exactly 0.
         let mut lanes = [0.0f32; 16];
-        for (j, (l, v)) in lanes.iter_mut().zip(chunk.iter_mut()).enumerate() {
-            *v = if c * 16 + j >= first {
-                exp_ggml(*v - max)
-            } else {
-                0.0
-            };
-            *l = *v;
-        }
+        lanes[..chunk.len()].copy_from_slice(chunk);
         sum += f64::from(reduce16(&lanes));
     }
     let inv = (1.0 / sum) as f32;
@@ -432,6 +474,21 @@ mod tests {
         }
         assert_eq!(gelu(-10.0), 0.0);
         assert_eq!(gelu(10.5), 10.5);
+    }
+
+    #[test]
+    fn gelu_table_gives_the_same_bits_for_every_f16_input() {
+        for b in 0..=u16::MAX {
+            let x = f16::from_bits(b).to_f32();
+            let (want, got) = (gelu(x), gelu_fast(x));
+            assert!(
+                want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+                "{x}: {got} vs {want}"
+            );
+        }
+        for x in [-10.0f32, -9.999, 0.123_456_7, 3.333_333, 9.999, 10.0, 12.0] {
+            assert_eq!(gelu(x).to_bits(), gelu_fast(x).to_bits(), "{x}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::kernels::{self, QuantError};
 use crate::matmul::{matmul, matmul_set, Product};
 use crate::model::{Linear, Model, Norm, WeightMatrix};
 use crate::ops;
-use crate::parallel::{split_range, Parallel};
+use crate::parallel::Parallel;
 
 /// Activation buffers: the most distinct formats one input feeds (Q, K, V).
 const ACT_SLOTS: usize = 3;
@@ -359,8 +359,9 @@ impl Clone for HeadScratches {
     }
 }
 
-/// Below this many (head, position) pairs attention stays on one thread.
-const PARALLEL_ATTENTION_MIN: usize = 1024;
+/// Below this many (head, position) pairs per worker attention stays on one thread
+/// (a fork/join costs about as much as this much attention).
+const PARALLEL_ATTENTION_MIN: usize = 128;
 
 /// What every attention head of one layer and position shares.
 struct HeadJob<'c> {
@@ -369,20 +370,35 @@ struct HeadJob<'c> {
     /// Query heads per KV head.
     group: usize,
     head_dim: usize,
-    /// Positions attended to (the current one included).
-    n_kv: usize,
-    /// First position inside the sliding window (0 without one).
-    first: usize,
+    /// The batch's first position.
+    pos0: usize,
+    /// Sliding-window length (0: every position is attended to).
+    window: usize,
     scale: f32,
     mode: ops::DotOrder,
     trace: fn(&str, usize, &[f32]),
 }
 
 impl HeadJob<'_> {
-    /// Attention of query head `h` (`q`) over the cached positions, into `out`.
-    fn head(&self, h: usize, q: &[f32], out: &mut [f32], s: &mut HeadScratch) {
-        let (cache, l, hd, n_kv) = (self.cache, self.layer, self.head_dim, self.n_kv);
+    /// Positions token `t` of the batch attends to (itself included), and the first of
+    /// them inside the sliding window (0 without one).
+    fn span(&self, t: usize) -> (usize, usize) {
+        let n_kv = self.pos0 + t + 1;
+        let first = if self.window > 0 {
+            n_kv.saturating_sub(self.window)
+        } else {
+            0
+        };
+        (n_kv, first)
+    }
+
+    /// Attention of query head `h` (`q`) of batch token `t` over the cached positions,
+    /// into `out`.
+    fn head(&self, t: usize, h: usize, q: &[f32], out: &mut [f32], s: &mut HeadScratch) {
+        let (cache, l, hd) = (self.cache, self.layer, self.head_dim);
+        let (n_kv, first) = self.span(t);
         let kvh = h / self.group;
+        let avx2 = crate::simd::avx2_available();
         // llama.cpp multiplies an F16 K by Q converted to F16.
         for (d, &v) in s.q16.iter_mut().zip(q) {
             *d = f16::from_f32(v);
@@ -390,10 +406,10 @@ impl HeadJob<'_> {
         let scores = &mut s.scores[..n_kv];
         for (t, sc) in scores.iter_mut().enumerate() {
             let k0 = cache.k_at(l, t) + kvh * hd;
-            *sc = ops::dot_f16(&s.q16, &cache.k[k0..k0 + hd], self.mode);
+            *sc = crate::simd::dot_f16(&s.q16, &cache.k[k0..k0 + hd], self.mode, avx2);
         }
         (self.trace)("kq", l * 100 + h, scores);
-        ops::softmax_scaled_from(scores, self.scale, self.first);
+        ops::softmax_scaled_from(scores, self.scale, first);
         (self.trace)("kq_soft_max", l * 100 + h, scores);
         // The attention weights are converted to F16 before multiplying with V.
         for (d, &p) in s.probs16[..n_kv].iter_mut().zip(scores.iter()) {
@@ -401,7 +417,7 @@ impl HeadJob<'_> {
         }
         for (d, o) in out.iter_mut().enumerate() {
             let r = cache.v_row(l, kvh, d);
-            *o = ops::dot_f16(&s.probs16[..n_kv], &cache.v[r..r + n_kv], self.mode);
+            *o = crate::simd::dot_f16(&s.probs16[..n_kv], &cache.v[r..r + n_kv], self.mode, avx2);
         }
     }
 }
@@ -602,31 +618,23 @@ impl Model<'_> {
             }
             trace_each(trace, "Kcur", l, k, b);
 
-            // Token by token: each sees the cache up to and including itself.
-            for t in 0..b {
-                let pos = pos0 + t;
-                let first = if swa {
-                    (pos + 1).saturating_sub(c.sliding_window)
-                } else {
-                    0
-                };
-                self.attention(
-                    cache,
-                    AttnIo {
-                        q: &q[t * qd..(t + 1) * qd],
-                        k: &k[t * kvd..(t + 1) * kvd],
-                        v: &v[t * kvd..(t + 1) * kvd],
-                        out: &mut s.attn[t * qd..(t + 1) * qd],
-                        heads: &mut s.heads,
-                    },
-                    l,
-                    pos,
-                    first,
-                    mode,
-                    trace,
-                    par,
-                );
-            }
+            // Every token sees the cache up to and including itself.
+            self.attention(
+                cache,
+                AttnIo {
+                    q,
+                    k,
+                    v,
+                    out: &mut s.attn[..b * qd],
+                    heads: &mut s.heads,
+                },
+                l,
+                pos0,
+                if swa { c.sliding_window } else { 0 },
+                mode,
+                session.trace.is_some().then_some(trace),
+                par,
+            );
             let attn = &s.attn[..b * qd];
             trace_each(trace, "kqv_out", l, attn, b);
             let proj = &mut s.proj[..b * e];
@@ -770,12 +778,10 @@ impl Model<'_> {
                 add_bias(gate_out, gate);
                 add_bias(up_out, &layer.w_up);
                 if self.shape.ffn == FfnKind::SwiGlu {
-                    for (g, &u) in gate_out.iter_mut().zip(up_out.iter()) {
-                        *g = ops::silu(*g) * u;
-                    }
+                    crate::simd::silu_mul(gate_out, up_out, crate::simd::avx2_available());
                 } else {
                     for (g, &u) in gate_out.iter_mut().zip(up_out.iter()) {
-                        *g = ops::gelu(*g) * u;
+                        *g = ops::gelu_fast(*g) * u;
                     }
                 }
             }
@@ -794,7 +800,7 @@ impl Model<'_> {
                 )?;
                 add_bias(gate_out, &layer.w_up);
                 for g in gate_out.iter_mut() {
-                    *g = ops::gelu(*g);
+                    *g = ops::gelu_fast(*g);
                 }
             }
         }
@@ -815,82 +821,124 @@ impl Model<'_> {
         Ok(())
     }
 
-    /// Stores this position's K and V (rounded to f16) and computes every head's
-    /// attention over positions `first..=pos` into `io.out`.
+    /// Stores the batch's K and V (rounded to f16) at positions `pos0..` and computes
+    /// every head's attention of every token over the positions up to its own (the last
+    /// `window` of them when `window` is non-zero) into `io.out`. The (token, head)
+    /// pairs are spread over the workers in one fork/join, cut where the cumulative
+    /// work (positions attended to) reaches each worker's share, so that all finish
+    /// together. With a `trace` hook everything runs in order on the calling thread.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         cache: &mut KvCache,
         io: AttnIo<'_>,
         l: usize,
-        pos: usize,
-        first: usize,
+        pos0: usize,
+        window: usize,
         mode: ops::DotOrder,
-        trace: fn(&str, usize, &[f32]),
+        trace: Option<fn(&str, usize, &[f32])>,
         par: &dyn Parallel,
     ) {
         let c = &self.config;
-        let hd = c.head_dim;
-        let k0 = cache.k_at(l, pos);
-        for (dst, &src) in cache.k[k0..k0 + c.kv_dim()].iter_mut().zip(io.k) {
-            *dst = f16::from_f32(src);
-        }
-        for kvh in 0..c.n_head_kv {
-            for d in 0..hd {
-                let r = cache.v_row(l, kvh, d);
-                cache.v[r + pos] = f16::from_f32(io.v[kvh * hd + d]);
+        let (hd, kvd, qd) = (c.head_dim, c.kv_dim(), c.q_dim());
+        let tokens = io.q.len() / qd.max(1);
+        for t in 0..tokens {
+            let pos = pos0 + t;
+            let k0 = cache.k_at(l, pos);
+            for (dst, &src) in cache.k[k0..k0 + kvd].iter_mut().zip(&io.k[t * kvd..]) {
+                *dst = f16::from_f32(src);
+            }
+            for kvh in 0..c.n_head_kv {
+                for d in 0..hd {
+                    let r = cache.v_row(l, kvh, d);
+                    cache.v[r + pos] = f16::from_f32(io.v[t * kvd + kvh * hd + d]);
+                }
             }
         }
 
-        let n_kv = pos + 1;
         let cache_r: &KvCache = cache;
         let job = HeadJob {
             cache: cache_r,
             layer: l,
             group: c.n_head / c.n_head_kv,
             head_dim: hd,
-            n_kv,
-            first,
+            pos0,
+            window,
             scale: c.kq_scale,
             mode,
-            trace,
+            trace: trace.unwrap_or(|_, _, _| {}),
         };
-        let workers = par.threads().min(c.n_head).min(MAX_ATTENTION_WORKERS);
-        if workers > 1 && n_kv * c.n_head >= PARALLEL_ATTENTION_MIN {
+        let nh = c.n_head;
+        let items = tokens * nh;
+        // Work of token t's heads: the positions attended to (plus a constant for the
+        // per-head fixed costs).
+        let cost = |t: usize| (job.span(t).0 - job.span(t).1 + 8) * nh;
+        let total: usize = (0..tokens).map(cost).sum();
+        let workers = par
+            .threads()
+            .min(items)
+            .min(MAX_ATTENTION_WORKERS)
+            .min(total / PARALLEL_ATTENTION_MIN)
+            .max(1);
+        if workers > 1 && trace.is_none() {
             while io.heads.0.len() < workers {
                 io.heads
                     .0
                     .push(spin::Mutex::new(HeadScratch::new(cache_r.capacity, hd)));
             }
-            // Contiguous head ranges per worker, each with its slice of the output (on
-            // the stack: nothing is allocated per token).
+            // Contiguous runs of (token, head) items per worker, each with its slice of
+            // the output (item i's output is `out[i * hd..][..hd]`); on the stack, so
+            // nothing is allocated per token.
             let parts: [spin::Mutex<(usize, &mut [f32])>; MAX_ATTENTION_WORKERS] =
                 core::array::from_fn(|_| spin::Mutex::new((0, &mut [][..])));
             let mut rest: &mut [f32] = io.out;
-            for (i, part) in parts.iter().take(workers).enumerate() {
-                let r = split_range(c.n_head, workers, i);
-                let (head, tail) = rest.split_at_mut(r.len() * hd);
-                *part.lock() = (r.start, head);
-                rest = tail;
+            let (mut start, mut done_cost, mut w) = (0usize, 0usize, 0usize);
+            for i in 0..=items {
+                // Close worker w's run before item i once its share is reached (or at the
+                // end); the last worker takes whatever remains.
+                let share = total * (w + 1) / workers;
+                let end_here = i == items || (w + 1 < workers && done_cost >= share);
+                if end_here && i > start {
+                    let (head, tail) = core::mem::take(&mut rest).split_at_mut((i - start) * hd);
+                    if let Some(p) = parts.get(w) {
+                        *p.lock() = (start, head);
+                    }
+                    rest = tail;
+                    start = i;
+                    w += 1;
+                }
+                if i < items {
+                    done_cost += cost(i / nh) / nh;
+                }
             }
             let (q, heads) = (io.q, &io.heads.0);
-            par.run(&|i| {
-                if let (Some(part), Some(scratch)) =
-                    (parts.get(i).filter(|_| i < workers), heads.get(i))
-                {
+            // Parts are claimed, not assigned by worker index: whoever is free takes
+            // the next one (a late worker's share is not left waiting), and every part
+            // is done even if fewer workers than planned take part. Part `i` uses
+            // scratch `i`, so no two threads share one.
+            let next = core::sync::atomic::AtomicUsize::new(0);
+            par.run(&|_| loop {
+                let i = next.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                if i >= workers {
+                    break;
+                }
+                if let (Some(part), Some(scratch)) = (parts.get(i), heads.get(i)) {
                     let mut part = part.lock();
                     let first = part.0;
                     let mut scratch = scratch.lock();
                     for (j, out) in part.1.chunks_exact_mut(hd).enumerate() {
-                        let h = first + j;
-                        job.head(h, &q[h * hd..(h + 1) * hd], out, &mut scratch);
+                        let (t, h) = ((first + j) / nh, (first + j) % nh);
+                        let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                        job.head(t, h, qh, out, &mut scratch);
                     }
                 }
             });
         } else {
             let mut scratch = io.heads.0[0].lock();
-            for (h, out) in io.out.chunks_exact_mut(hd).enumerate() {
-                job.head(h, &io.q[h * hd..(h + 1) * hd], out, &mut scratch);
+            for (i, out) in io.out.chunks_exact_mut(hd).enumerate() {
+                let (t, h) = (i / nh, i % nh);
+                let qh = &io.q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                job.head(t, h, qh, out, &mut scratch);
             }
         }
     }

@@ -1,8 +1,10 @@
 //! Host-side (std) implementations of the engine's platform traits: a persistent thread
-//! pool implementing [`Parallel`] and a monotonic [`Clock`].
+//! pool implementing [`Parallel`], a monotonic [`Clock`], and model bytes held in
+//! huge pages ([`HugePageBytes`]).
 //!
 //! The engine crates are `no_std`; these are what a program on an ordinary OS plugs in.
 
+use std::cell::UnsafeCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -15,35 +17,58 @@ pub use embodios_engine::parallel::Parallel;
 /// A job as the workers see it: the caller's closure with its lifetime erased.
 ///
 /// `ThreadPool::run` does not return before every worker has finished with the job
-/// (`remaining` back at zero), so the borrow never outlives the closure.
+/// (every worker's `done` slot shows the job's generation), so the borrow never
+/// outlives the closure.
 type ErasedJob = &'static (dyn Fn(usize) + Sync);
 
-/// A waiting thread first spins this many times (a token's forward pass posts a few
-/// hundred short jobs, and a condition-variable wake-up costs more than such a job)...
+/// A waiting thread first spins this many times: a token's forward pass posts a few
+/// hundred short jobs, microseconds apart, and a wake-up through the operating system
+/// costs more than such a job...
 const SPIN_LIMIT: u32 = 256;
 /// ...then yields its time slice this many times (so that, when the machine has fewer
 /// free cores than pool threads, the thread it waits for can run), and then a worker
 /// goes to sleep on the condition variable while the caller keeps yielding.
 const YIELD_LIMIT: u32 = 64;
+/// Between two checks of a spinning wait: a few `pause`s, so a spinning core leaves the
+/// memory system and its sibling alone.
+const PAUSES_PER_SPIN: u32 = 1;
+
+/// A value alone on its cache line (two of the 64-byte lines, as the adjacent-line
+/// prefetcher pairs them), so a thread writing it does not slow threads reading others.
+#[repr(align(128))]
+struct Padded<T>(T);
 
 struct Shared {
     /// Bumped once per `run`; a worker runs the job when it sees a new generation.
-    generation: AtomicU64,
-    /// Workers that have not yet finished the current job.
-    remaining: AtomicUsize,
+    generation: Padded<AtomicU64>,
+    /// Per worker (index 1.. of the pool): the last generation it has finished.
+    done: Box<[Padded<AtomicU64>]>,
+    /// The current job. Written by `run` before it bumps `generation` (Release) and
+    /// read by workers after they see the new generation (Acquire); not written again
+    /// before every worker has reported done.
+    job: UnsafeCell<Option<ErasedJob>>,
     /// A worker's job panicked during the current generation.
     panicked: AtomicBool,
     shutdown: AtomicBool,
-    job: Mutex<Option<ErasedJob>>,
-    /// Sleeping workers wait here for a new generation.
+    /// Workers asleep (or about to sleep) on `wake`: `run` only pays for a wake-up
+    /// system call when this is non-zero.
+    sleepers: Padded<AtomicUsize>,
     sleep: Mutex<()>,
     wake: Condvar,
 }
 
+// SAFETY: every field but `job` is Sync; `job` is only written by the one thread inside
+// `run` (serialised by `run_lock`) while no worker reads it (all have reported the
+// previous generation done and the new generation is not yet published), and read by
+// workers only between the generation's publication and their `done` store.
+unsafe impl Sync for Shared {}
+
 /// A fixed set of worker threads, created once, that run [`Parallel`] jobs.
 ///
 /// The calling thread takes part as index 0, so a pool of `n` threads starts `n - 1`
-/// workers. Between jobs workers spin briefly, then sleep on a condition variable.
+/// workers. Between jobs workers spin for a while (tens of microseconds), then yield,
+/// then sleep on a condition variable; each worker reports completion in its own
+/// cache-line-padded slot.
 pub struct ThreadPool {
     threads: usize,
     shared: Arc<Shared>,
@@ -58,11 +83,12 @@ impl ThreadPool {
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            generation: AtomicU64::new(0),
-            remaining: AtomicUsize::new(0),
+            generation: Padded(AtomicU64::new(0)),
+            done: (1..threads).map(|_| Padded(AtomicU64::new(0))).collect(),
+            job: UnsafeCell::new(None),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
-            job: Mutex::new(None),
+            sleepers: Padded(AtomicUsize::new(0)),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -88,6 +114,24 @@ impl ThreadPool {
     }
 }
 
+/// One step of a spinning wait: `pause` while `spins` is small, then yield the core.
+/// Returns false once the caller should block instead (after [`YIELD_LIMIT`] yields).
+fn backoff(spins: &mut u32) -> bool {
+    if *spins < SPIN_LIMIT {
+        *spins += 1;
+        for _ in 0..PAUSES_PER_SPIN {
+            std::hint::spin_loop();
+        }
+        true
+    } else if *spins < SPIN_LIMIT + YIELD_LIMIT {
+        *spins += 1;
+        thread::yield_now();
+        true
+    } else {
+        false
+    }
+}
+
 /// Waits until the generation differs from `seen` (or shutdown); returns the new one.
 fn wait_for_job(shared: &Shared, seen: u64) -> Option<u64> {
     let mut spins = 0u32;
@@ -95,28 +139,27 @@ fn wait_for_job(shared: &Shared, seen: u64) -> Option<u64> {
         if shared.shutdown.load(Ordering::Acquire) {
             return None;
         }
-        let g = shared.generation.load(Ordering::Acquire);
+        let g = shared.generation.0.load(Ordering::Acquire);
         if g != seen {
             return Some(g);
         }
-        if spins < SPIN_LIMIT {
-            spins += 1;
-            std::hint::spin_loop();
+        if backoff(&mut spins) {
             continue;
         }
-        if spins < SPIN_LIMIT + YIELD_LIMIT {
-            spins += 1;
-            thread::yield_now();
-            continue;
-        }
-        // Sleep. The poster bumps the generation before taking this lock to notify,
-        // so checking again under the lock cannot miss a wake-up.
+        // Sleep. Announce it first (SeqCst, paired with `run`'s SeqCst bump and load):
+        // either `run` sees the sleeper and notifies under the lock, or this thread sees
+        // the new generation below and does not wait.
         let guard = shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
-        if shared.generation.load(Ordering::Acquire) == seen
-            && !shared.shutdown.load(Ordering::Acquire)
+        shared.sleepers.0.fetch_add(1, Ordering::SeqCst);
+        if shared.generation.0.load(Ordering::SeqCst) == seen
+            && !shared.shutdown.load(Ordering::SeqCst)
         {
             drop(shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
+        } else {
+            drop(guard);
         }
+        shared.sleepers.0.fetch_sub(1, Ordering::SeqCst);
+        spins = 0;
     }
 }
 
@@ -124,13 +167,18 @@ fn worker_loop(shared: &Shared, index: usize) {
     let mut seen = 0u64;
     while let Some(g) = wait_for_job(shared, seen) {
         seen = g;
-        let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the generation was read with Acquire after `run` wrote the job and
+        // published it with a Release bump; `run` does not touch the job again until
+        // this worker stores `done` below.
+        let job = unsafe { *shared.job.get() };
         if let Some(job) = job {
             if panic::catch_unwind(AssertUnwindSafe(|| job(index))).is_err() {
                 shared.panicked.store(true, Ordering::Release);
             }
         }
-        shared.remaining.fetch_sub(1, Ordering::AcqRel);
+        if let Some(slot) = shared.done.get(index - 1) {
+            slot.0.store(g, Ordering::Release);
+        }
     }
 }
 
@@ -146,34 +194,35 @@ impl Parallel for ThreadPool {
         }
         let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the erased reference is only used by workers between the generation
-        // bump below and the moment `remaining` drops to zero, and this function waits
-        // for that (even when the caller's own share panics) before it returns, so the
-        // closure outlives every use. The job slot is cleared before returning.
+        // bump below and their `done` store for it, and this function waits for every
+        // worker's store (even when the caller's own share panics) before it returns,
+        // so the closure outlives every use. The job slot is cleared before returning.
         let erased: ErasedJob = unsafe {
             core::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(job)
         };
         let sh = &*self.shared;
-        *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(erased);
+        // SAFETY: no worker reads the slot now: each has stored `done` for the previous
+        // generation (waited for below in the previous call) and sees no new one yet.
+        unsafe { *sh.job.get() = Some(erased) };
         sh.panicked.store(false, Ordering::Relaxed);
-        sh.remaining.store(self.threads - 1, Ordering::Release);
-        sh.generation.fetch_add(1, Ordering::AcqRel);
-        {
+        let g = sh.generation.0.fetch_add(1, Ordering::SeqCst) + 1;
+        if sh.sleepers.0.load(Ordering::SeqCst) > 0 {
             let _g = sh.sleep.lock().unwrap_or_else(|e| e.into_inner());
             sh.wake.notify_all();
         }
 
         let mine = panic::catch_unwind(AssertUnwindSafe(|| job(0)));
 
-        let mut spins = 0u32;
-        while sh.remaining.load(Ordering::Acquire) != 0 {
-            if spins < SPIN_LIMIT {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                thread::yield_now();
+        for slot in sh.done.iter() {
+            let mut spins = 0u32;
+            while slot.0.load(Ordering::Acquire) != g {
+                if !backoff(&mut spins) {
+                    thread::yield_now();
+                }
             }
         }
-        *sh.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // SAFETY: every worker has reported this generation done, so none reads the slot.
+        unsafe { *sh.job.get() = None };
         if let Err(payload) = mine {
             panic::resume_unwind(payload);
         }
@@ -185,7 +234,7 @@ impl Parallel for ThreadPool {
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.shutdown.store(true, Ordering::SeqCst);
         {
             let _g = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
@@ -193,6 +242,46 @@ impl Drop for ThreadPool {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+/// Bytes of a 2 MiB huge page, the alignment [`HugePageBytes`] gives its data.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A file's bytes read into anonymous memory advised for transparent huge pages.
+///
+/// A matrix-vector product streams every weight once per token. From a file mapping
+/// (4 KiB page-cache pages on ext4 and most file systems) that costs a TLB miss per
+/// 4 KiB and stops the hardware prefetchers at every page boundary; in 2 MiB pages the
+/// same stream ran 5-8% faster (SmolLM2 decode, one thread). The data starts on a 2 MiB
+/// boundary, so every alignment inside the file is kept. The pages are private to the
+/// process (unlike a shared file mapping), and the file is read once at load.
+pub struct HugePageBytes {
+    map: memmap2::MmapMut,
+    start: usize,
+    len: usize,
+}
+
+impl HugePageBytes {
+    /// Reads all of `file` (from its current position to the end, `len` bytes).
+    pub fn read(file: &mut std::fs::File, len: usize) -> std::io::Result<Self> {
+        use std::io::Read;
+        let mut map = memmap2::MmapOptions::new()
+            .len(len + HUGE_PAGE)
+            .map_anon()?;
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let start = map.as_ptr().align_offset(HUGE_PAGE).min(HUGE_PAGE);
+        file.read_exact(&mut map[start..start + len])?;
+        Ok(Self { map, start, len })
+    }
+}
+
+impl std::ops::Deref for HugePageBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
     }
 }
 
@@ -272,6 +361,21 @@ mod tests {
             n.fetch_add(1, Ordering::SeqCst);
         });
         assert_eq!(n.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn huge_page_bytes_hold_the_file_aligned() {
+        let path = std::env::temp_dir().join(format!("embodios-hp-{}", std::process::id()));
+        let data: Vec<u8> = (0..3_000_001u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let b = HugePageBytes::read(&mut f, data.len()).unwrap();
+        assert_eq!(&*b, &data[..]);
+        assert_eq!(b.as_ptr() as usize % HUGE_PAGE, 0);
+        // A file shorter than claimed is an error, not a short buffer.
+        let mut f = std::fs::File::open(&path).unwrap();
+        assert!(HugePageBytes::read(&mut f, data.len() + 1).is_err());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -79,6 +79,11 @@ pub type VecDotFn = fn(weights: &[u8], activations: &[u8]) -> f32;
 /// [`Kernels::vec_dot`], bit for bit, with the weight row unpacked once.
 pub type VecDot4Fn = fn(weights: &[u8], activations: [&[u8]; 4]) -> [f32; 4];
 
+/// Four weight rows against one activation row: the four results of the type's
+/// [`Kernels::vec_dot`], bit for bit, with each activation block loaded once and four
+/// independent accumulation chains (the matrix-vector product of decoding).
+pub type VecDotRows4Fn = fn(weights: [&[u8]; 4], activations: &[u8]) -> [f32; 4];
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
@@ -218,6 +223,22 @@ pub fn force_scalar(on: bool) {
 /// kernels for Q4_1 and Q5_0 so far); `None` otherwise, and under [`force_scalar`].
 pub fn vec_dot4(ty: GgmlType) -> Option<VecDot4Fn> {
     simd::vec_dot4(ty)
+}
+
+/// SIMD kernels (one and four activation rows) for `ty` against Q8_K in the order of
+/// ggml's tiled K-quant batch kernel: each 256-element super-block folded to the exact
+/// integers `s1 = Σ scale·dot` (and `s2 = Σ min·bsum`), then `r = s1·d`,
+/// `r = fma(-dmin, s2, r)`, `acc = fma(r, d8, acc)`, the fused steps rounded once from
+/// f64. Q4_K and Q6_K so far, while the SIMD set is active; `None` otherwise.
+pub fn tiled_kernels(ty: GgmlType) -> Option<(VecDotFn, VecDot4Fn)> {
+    simd::tiled(ty)
+}
+
+/// The four-weight-row form of `kernels(ty)?.vec_dot` where the active kernel set has
+/// one (AVX2 kernels for Q4_0, Q4_1, Q5_0 and Q8_0); `None` otherwise, and under
+/// [`force_scalar`].
+pub fn vec_dot_rows4(ty: GgmlType) -> Option<VecDotRows4Fn> {
+    simd::vec_dot_rows4(ty)
 }
 
 /// The SIMD kernels of `ty` if this CPU has a SIMD set covering it, regardless of

@@ -43,6 +43,14 @@ mod backend {
     pub(super) fn vec_dot4(_: GgmlType) -> Option<crate::VecDot4Fn> {
         None
     }
+
+    pub(super) fn tiled(_: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)> {
+        None
+    }
+
+    pub(super) fn vec_dot_rows4(_: GgmlType) -> Option<crate::VecDotRows4Fn> {
+        None
+    }
 }
 
 /// Set by [`crate::force_scalar`]: ignore the SIMD set even where the CPU has it. Starts
@@ -108,4 +116,20 @@ pub(crate) fn vec_dot4(ty: GgmlType) -> Option<crate::VecDot4Fn> {
         return None;
     }
     backend::vec_dot4(ty)
+}
+
+/// The SIMD tiled-order K-quant kernels of `ty` (one and four rows), if usable right now.
+pub(crate) fn tiled(ty: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)> {
+    if FORCE_SCALAR.load(Ordering::Relaxed) || !backend::available() {
+        return None;
+    }
+    backend::tiled(ty)
+}
+
+/// The SIMD four-weight-row dot product of `ty`, if a SIMD set is usable and has one.
+pub(crate) fn vec_dot_rows4(ty: GgmlType) -> Option<crate::VecDotRows4Fn> {
+    if FORCE_SCALAR.load(Ordering::Relaxed) || !backend::available() {
+        return None;
+    }
+    backend::vec_dot_rows4(ty)
 }

@@ -14,6 +14,7 @@ use core::arch::x86_64::*;
 
 use super::{
     entry, f16_pair, fma_ss, hsum_epi32_128, hsum_ps, lane0, lane1, load128, load256, pair_scales,
+    prefetch_ahead,
 };
 use crate::bytes::{blocks, sub};
 use crate::kquants::{
@@ -69,6 +70,7 @@ fn q2_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let low4 = _mm_set1_epi8(0x0F);
     for (x, y) in blocks::<Q2_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q2_K_BYTES);
         let yd = q8k_d(y);
         let dm = f16_pair(sub(x, 80));
         let d = yd * lane0(dm);
@@ -123,6 +125,7 @@ fn q3_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let four = _mm256_set1_epi8(4);
     for (x, y) in blocks::<Q3_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q3_K_BYTES);
         // `d` is the last field: lane 1 of the pair ending the block.
         let d = q8k_d(y) * lane1(f16_pair(sub(x, 106)));
         let scales = q3k_scales(sub(x, 96));
@@ -219,6 +222,7 @@ fn q4_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc_m = _mm_setzero_ps();
     let low4 = _mm256_set1_epi8(0x0F);
     for (x, y) in blocks::<Q4_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q4_K_BYTES);
         let yd = q8k_d(y);
         let dm = f16_pair(sub(x, 0));
         let d = yd * lane0(dm);
@@ -247,6 +251,7 @@ fn q5_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let low4 = _mm256_set1_epi8(0x0F);
     let sixteen = _mm256_set1_epi8(0x10);
     for (x, y) in blocks::<Q5_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q5_K_BYTES);
         let yd = q8k_d(y);
         let dm = f16_pair(sub(x, 0));
         let d = yd * lane0(dm);
@@ -276,6 +281,7 @@ fn q6_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let low4 = _mm256_set1_epi8(0x0F);
     for (x, y) in blocks::<Q6_K_BYTES>(w).zip(blocks::<Q8_K_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), Q6_K_BYTES);
         let d = q8k_d(y) * lane1(f16_pair(sub(x, 206)));
         let scales = load128(sub(x, 192));
         // The -32 level offset: 32 · Σ sc_j · bsum_j, in the lanes llama.cpp uses
@@ -310,3 +316,162 @@ fn q6_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     }
     hsum_ps(acc)
 }
+
+// ---------------------------------------------------------------------------------------
+// The order of ggml's tiled K-quant batch kernel (llama.cpp uses it for batches of eight
+// or more tokens): each super-block is first folded to exact integers, then
+//   r = s1 · d  (one rounding),  r = fma(-dmin, s2, r),  acc = fma(r, d8, acc).
+// The fused steps are computed in f64 and rounded once to f32, exactly as the engine's
+// scalar twins (`embodios_engine::lanes::dot_q4_k_tiled`, `dot_q6_k_tiled`) compute
+// them, so these give the same bits.
+
+/// `a · b + c` rounded once from f64 (the product of two f32 is exact in f64).
+#[inline(always)]
+fn fma_f64(a: f32, b: f32, c: f32) -> f32 {
+    (f64::from(a) * f64::from(b) + f64::from(c)) as f32
+}
+
+/// One super-block's float steps of the tiled order (see above).
+#[inline(always)]
+fn tiled_step(acc: f32, s1: i32, d: f32, min: Option<(f32, i32)>, d8: f32) -> f32 {
+    let mut r = s1 as f32 * d;
+    if let Some((dmin, s2)) = min {
+        r = fma_f64(-dmin, s2 as f32, r);
+    }
+    fma_f64(r, d8, acc)
+}
+
+/// Sum of eight i32 lanes (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_epi32_256(v: __m256i) -> i32 {
+    hsum_epi32_128(_mm_add_epi32(
+        _mm256_castsi256_si128(v),
+        _mm256_extracti128_si256::<1>(v),
+    ))
+}
+
+/// The sixteen i16 group sums of a Q8_K block.
+#[inline(always)]
+fn q8k_bsums(y: &[u8; Q8_K_BYTES]) -> [i32; 16] {
+    let b: &[u8; 32] = sub(y, Q8K_BSUMS);
+    core::array::from_fn(|i| i32::from(i16::from_le_bytes([b[2 * i], b[2 * i + 1]])))
+}
+
+/// Q4_K weights against `N` Q8_K activation rows in the tiled order: the block's levels
+/// and scales are unpacked once, then for each row `s1 = Σ_s sc_s · dot_s` (i16 pair
+/// products `maddubs` of levels < 16 and bytes, weighted with `madd` by scales < 64:
+/// exact) and `s2 = Σ_s m_s · (bsum_2s + bsum_2s+1)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+    let mut acc = [0.0f32; N];
+    let low4 = _mm256_set1_epi8(0x0F);
+    let mut ys = a.map(blocks::<Q8_K_BYTES>);
+    for x in blocks::<Q4_K_BYTES>(w) {
+        prefetch_ahead(x.as_ptr(), Q4_K_BYTES);
+        let dm = f16_pair(sub(x, 0));
+        let (d, dmin) = (lane0(dm), lane1(dm));
+        let (sc, mn) = scalar::unpack_k4_scales(sub(x, 4));
+        let mut lv = [_mm256_setzero_si256(); 8];
+        for q in 0..4 {
+            let bits = load256(sub(x, 16 + 32 * q));
+            lv[2 * q] = _mm256_and_si256(bits, low4);
+            lv[2 * q + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
+        }
+        let scv = sc.map(|s| _mm256_set1_epi16(i16::from(s)));
+        for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
+            let Some(y) = it.next() else {
+                *acc = f32::NAN;
+                continue;
+            };
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..8 {
+                let p = pair_dot(lv[c], load256(q8k_chunk(y, c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv[c]));
+            }
+            let s1 = hsum_epi32_256(sumi);
+            let b = q8k_bsums(y);
+            let s2: i32 = (0..8)
+                .map(|s| i32::from(mn[s]) * (b[2 * s] + b[2 * s + 1]))
+                .sum();
+            *acc = tiled_step(*acc, s1, d, Some((dmin, s2)), q8k_d(y));
+        }
+    }
+    acc
+}
+
+/// Q6_K weights against `N` Q8_K activation rows in the tiled order: `s1 = Σ_s sc_s ·
+/// Σ (u - 32) · y` over the sixteen 16-element groups, from the unsigned levels `u`
+/// (< 64) with the offset subtracted through the group sums, all exact in i32.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+    let mut acc = [0.0f32; N];
+    let low4 = _mm256_set1_epi8(0x0F);
+    let mut ys = a.map(blocks::<Q8_K_BYTES>);
+    for x in blocks::<Q6_K_BYTES>(w) {
+        prefetch_ahead(x.as_ptr(), Q6_K_BYTES);
+        let d = lane1(f16_pair(sub(x, 206)));
+        let scales = load128(sub(x, 192));
+        let sc16 = _mm256_cvtepi8_epi16(scales);
+        let mut u = [_mm256_setzero_si256(); 8];
+        for half in 0..2 {
+            let ql0 = load256(sub(x, 64 * half));
+            let ql1 = load256(sub(x, 64 * half + 32));
+            let qh = load256(sub(x, 128 + 32 * half));
+            let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)));
+            let h1 = _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)));
+            let h2 = _mm256_and_si256(qh, _mm256_set1_epi8(0x30));
+            let h3 = _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)));
+            u[4 * half] = _mm256_or_si256(_mm256_and_si256(ql0, low4), h0);
+            u[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low4), h1);
+            u[4 * half + 2] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4), h2);
+            u[4 * half + 3] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4), h3);
+        }
+        let pscales: [__m256i; 8] = core::array::from_fn(|c| pair_scales(scales, c));
+        for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
+            let Some(y) = it.next() else {
+                *acc = f32::NAN;
+                continue;
+            };
+            let bsums = load256(sub(y, Q8K_BSUMS));
+            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16));
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..8 {
+                let p = pair_dot(u[c], load256(q8k_chunk(y, c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pscales[c], p));
+            }
+            let s1 = hsum_epi32_256(_mm256_sub_epi32(sumi, offset));
+            *acc = tiled_step(*acc, s1, d, None, q8k_d(y));
+        }
+    }
+    acc
+}
+
+/// Safe entries of the tiled kernels (scalar fallbacks never run: the table is only
+/// handed out when [`super::available`] holds, and these re-check it).
+macro_rules! tiled_entry {
+    ($one:ident, $four:ident, $kernel:ident) => {
+        pub(crate) fn $one(w: &[u8], a: &[u8]) -> f32 {
+            if !super::available() {
+                return f32::NAN;
+            }
+            // SAFETY: `available()` confirmed AVX2, FMA and F16C on this CPU and YMM
+            // state support in the OS; the kernel reads only through checked slices.
+            let [r] = unsafe { $kernel::<1>(w, [a]) };
+            r
+        }
+
+        pub(crate) fn $four(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+            if !super::available() {
+                return [f32::NAN; 4];
+            }
+            // SAFETY: as above.
+            unsafe { $kernel::<4>(w, a) }
+        }
+    };
+}
+
+tiled_entry!(dot_q4_k_tiled, dot4_q4_k_tiled, q4_k_tiled_n);
+tiled_entry!(dot_q6_k_tiled, dot4_q6_k_tiled, q6_k_tiled_n);

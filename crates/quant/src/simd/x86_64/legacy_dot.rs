@@ -12,7 +12,7 @@ use core::arch::x86_64::*;
 
 use super::{
     bits_to_bytes, entry, f16_pair, hsum_ps, lane0, lane1, load128, load256, nibbles32,
-    pairs_to_i32,
+    pairs_to_i32, prefetch_ahead,
 };
 use crate::bytes::{blocks, sub};
 use crate::legacy::{
@@ -58,6 +58,7 @@ fn five_bit_levels(qs: &[u8; 16], qh: &[u8; 4]) -> __m256i {
 fn q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (x, y) in blocks::<Q4_0_BYTES>(w).zip(blocks::<Q8_0_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), f16_pair(sub(y, 0))));
         let q = offset_dot(nibbles32(sub(x, 2)), load256(sub(y, 2)), 8);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), acc);
@@ -71,6 +72,7 @@ fn q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
     // The `m · s` terms (lane 1), summed in block order as llama.cpp does.
     let mut summs = _mm_setzero_ps();
     for (x, y) in blocks::<Q4_1_BYTES>(w).zip(blocks::<Q8_1_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         // Lanes [d_x, m_x] and [d_y, s_y]: lane 0 of the product is the block scale,
         // lane 1 of `summs` accumulates m_x · s_y (fused, as llama.cpp's build does).
         let (xs, ys) = (f16_pair(sub(x, 0)), f16_pair(sub(y, 0)));
@@ -91,6 +93,7 @@ fn q4_1_q8_1_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     let mut summs = [_mm_setzero_ps(); 4];
     let mut ys = a.map(blocks::<Q8_1_BYTES>);
     for x in blocks::<Q4_1_BYTES>(w) {
+        prefetch_ahead(x.as_ptr(), 64);
         let xs = f16_pair(sub(x, 0));
         let nib = nibbles32(sub(x, 4));
         for ((it, acc), summs) in ys.iter_mut().zip(acc.iter_mut()).zip(summs.iter_mut()) {
@@ -120,6 +123,7 @@ pub(crate) fn dot4_q4_1_q8_1(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
 fn q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (x, y) in blocks::<Q5_0_BYTES>(w).zip(blocks::<Q8_0_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), f16_pair(sub(y, 0))));
         let u = five_bit_levels(sub(x, 6), sub(x, 2));
         let q = offset_dot(u, load256(sub(y, 2)), 16);
@@ -135,6 +139,7 @@ fn q5_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut ys = a.map(blocks::<Q8_0_BYTES>);
     for x in blocks::<Q5_0_BYTES>(w) {
+        prefetch_ahead(x.as_ptr(), 64);
         let xd = f16_pair(sub(x, 0));
         let u = five_bit_levels(sub(x, 6), sub(x, 2));
         for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
@@ -161,6 +166,7 @@ fn q5_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = _mm_setzero_ps();
     for (x, y) in blocks::<Q5_1_BYTES>(w).zip(blocks::<Q8_1_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         // Lanes [d_x, m_x] and [d_y, s_y]: lane 0 of the product is the block scale,
         // lane 1 of `summs` accumulates m_x · s_y (fused, as llama.cpp's build does).
         let (xs, ys) = (f16_pair(sub(x, 0)), f16_pair(sub(y, 0)));
@@ -184,6 +190,7 @@ fn q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let min = _mm256_set1_epi8(i8::MIN);
     for (x, y) in blocks::<Q8_0_BYTES>(w).zip(blocks::<Q8_0_BYTES>(a)) {
+        prefetch_ahead(x.as_ptr(), 64);
         let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), f16_pair(sub(y, 0))));
         let (xv, yv) = (load256(sub(x, 2)), load256(sub(y, 2)));
         let has_min = _mm256_cmpeq_epi8(yv, min);
@@ -213,4 +220,126 @@ fn widened_dot(x: &[u8; Q8_0_BYTES], y: &[u8; Q8_0_BYTES]) -> __m256i {
     // the 64-bit permute puts them in order.
     let quads = _mm256_hadd_epi32(pl, ph);
     _mm256_permute4x64_epi64::<0b11_01_10_00>(quads)
+}
+
+// ---------------------------------------------------------------------------------------
+// Four weight rows against one activation row (decode's matrix-vector product): the
+// activation block is loaded and widened once, and the four rows' accumulators are
+// independent chains the core overlaps. Each row goes through exactly the operations of
+// the single-row kernel, in the same order, so each result has the same bits.
+
+/// Safe entry for a four-row kernel (four single-row scalar calls without AVX2).
+macro_rules! rows4_entry {
+    ($name:ident, $kernel:ident, $scalar:path) => {
+        pub(crate) fn $name(w: [&[u8]; 4], a: &[u8]) -> [f32; 4] {
+            if !super::available() {
+                return w.map(|w| $scalar(w, a));
+            }
+            // SAFETY: `available()` confirmed AVX2, FMA and F16C on this CPU and YMM
+            // state support in the OS; the kernel reads only through checked slices.
+            unsafe { $kernel(w, a) }
+        }
+    };
+}
+
+rows4_entry!(rows4_q4_0_q8_0, q4_0_q8_0_rows4, scalar::dot_q4_0_q8_0);
+rows4_entry!(rows4_q4_1_q8_1, q4_1_q8_1_rows4, scalar::dot_q4_1_q8_1);
+rows4_entry!(rows4_q5_0_q8_0, q5_0_q8_0_rows4, scalar::dot_q5_0_q8_0);
+rows4_entry!(rows4_q8_0_q8_0, q8_0_q8_0_rows4, scalar::dot_q8_0_q8_0);
+
+/// The `b`-th block of each row, if all four rows have it.
+#[inline(always)]
+fn block4<'a, const N: usize>(w: &[&'a [u8]; 4], b: usize) -> Option<[&'a [u8; N]; 4]> {
+    let one = |r: &'a [u8]| -> Option<&'a [u8; N]> { r.get(b * N..(b + 1) * N)?.try_into().ok() };
+    Some([one(w[0])?, one(w[1])?, one(w[2])?, one(w[3])?])
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_q8_0_rows4(w: [&[u8]; 4], a: &[u8]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, y) in blocks::<Q8_0_BYTES>(a).enumerate() {
+        let Some(xs) = block4::<Q4_0_BYTES>(&w, b) else {
+            break;
+        };
+        let yd = f16_pair(sub(y, 0));
+        let yv = load256(sub(y, 2));
+        for (&x, acc) in xs.iter().zip(acc.iter_mut()) {
+            prefetch_ahead(x.as_ptr(), 64);
+            let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), yd));
+            let q = offset_dot(nibbles32(sub(x, 2)), yv, 8);
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), *acc);
+        }
+    }
+    acc.map(|v| hsum_ps(v))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_q8_1_rows4(w: [&[u8]; 4], a: &[u8]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut summs = [_mm_setzero_ps(); 4];
+    for (b, y) in blocks::<Q8_1_BYTES>(a).enumerate() {
+        let Some(xs) = block4::<Q4_1_BYTES>(&w, b) else {
+            break;
+        };
+        let ys = f16_pair(sub(y, 0));
+        let yv = load256(sub(y, 4));
+        for ((&x, acc), summs) in xs.iter().zip(acc.iter_mut()).zip(summs.iter_mut()) {
+            prefetch_ahead(x.as_ptr(), 64);
+            let xs = f16_pair(sub(x, 0));
+            let d = lane0(_mm_mul_ps(xs, ys));
+            *summs = _mm_fmadd_ps(xs, ys, *summs);
+            let q = unsigned_dot(nibbles32(sub(x, 4)), yv);
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), *acc);
+        }
+    }
+    [0, 1, 2, 3].map(|r| hsum_ps(acc[r]) + lane1(summs[r]))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_q8_0_rows4(w: [&[u8]; 4], a: &[u8]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, y) in blocks::<Q8_0_BYTES>(a).enumerate() {
+        let Some(xs) = block4::<Q5_0_BYTES>(&w, b) else {
+            break;
+        };
+        let yd = f16_pair(sub(y, 0));
+        let yv = load256(sub(y, 2));
+        for (&x, acc) in xs.iter().zip(acc.iter_mut()) {
+            prefetch_ahead(x.as_ptr(), 64);
+            let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), yd));
+            let u = five_bit_levels(sub(x, 6), sub(x, 2));
+            let q = offset_dot(u, yv, 16);
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), *acc);
+        }
+    }
+    acc.map(|v| hsum_ps(v))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_q8_0_rows4(w: [&[u8]; 4], a: &[u8]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let min = _mm256_set1_epi8(i8::MIN);
+    for (b, y) in blocks::<Q8_0_BYTES>(a).enumerate() {
+        let Some(xs) = block4::<Q8_0_BYTES>(&w, b) else {
+            break;
+        };
+        let yd = f16_pair(sub(y, 0));
+        let yv = load256(sub(y, 2));
+        let has_min = _mm256_cmpeq_epi8(yv, min);
+        let plain = _mm256_testz_si256(has_min, has_min) == 1;
+        for (&x, acc) in xs.iter().zip(acc.iter_mut()) {
+            prefetch_ahead(x.as_ptr(), 64);
+            let d = lane0(_mm_mul_ps(f16_pair(sub(x, 0)), yd));
+            let q = if plain {
+                let xv = load256(sub(x, 2));
+                let ax = _mm256_sign_epi8(xv, xv);
+                let sy = _mm256_sign_epi8(yv, xv);
+                pairs_to_i32(_mm256_maddubs_epi16(ax, sy))
+            } else {
+                widened_dot(x, y)
+            };
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), *acc);
+        }
+    }
+    acc.map(|v| hsum_ps(v))
 }

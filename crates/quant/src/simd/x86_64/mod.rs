@@ -110,6 +110,28 @@ pub(super) fn vec_dot4(ty: GgmlType) -> Option<crate::VecDot4Fn> {
     }
 }
 
+/// The AVX2 kernels of `ty` in the order of ggml's tiled K-quant batch kernel (one and
+/// four activation rows), where there are some. Callers check [`available`] first.
+pub(super) fn tiled(ty: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)> {
+    match ty {
+        GgmlType::Q4_K => Some((kquant_dot::dot_q4_k_tiled, kquant_dot::dot4_q4_k_tiled)),
+        GgmlType::Q6_K => Some((kquant_dot::dot_q6_k_tiled, kquant_dot::dot4_q6_k_tiled)),
+        _ => None,
+    }
+}
+
+/// The AVX2 four-weight-row kernel of `ty`, where there is one. Callers check
+/// [`available`].
+pub(super) fn vec_dot_rows4(ty: GgmlType) -> Option<crate::VecDotRows4Fn> {
+    match ty {
+        GgmlType::Q4_0 => Some(legacy_dot::rows4_q4_0_q8_0),
+        GgmlType::Q4_1 => Some(legacy_dot::rows4_q4_1_q8_1),
+        GgmlType::Q5_0 => Some(legacy_dot::rows4_q5_0_q8_0),
+        GgmlType::Q8_0 => Some(legacy_dot::rows4_q8_0_q8_0),
+        _ => None,
+    }
+}
+
 /// The AVX2 kernels of `ty`. Callers check [`available`] first.
 pub(super) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
     use GgmlType as T;
@@ -211,6 +233,28 @@ fn lane0(v: __m128) -> f32 {
 #[inline]
 fn lane1(v: __m128) -> f32 {
     _mm_cvtss_f32(_mm_movehdup_ps(v))
+}
+
+/// How far ahead of the block being multiplied the weight stream is prefetched, in
+/// bytes. A matrix-vector product reads its weight rows once, one after the other, and
+/// the hardware prefetchers stop at every 4 KiB page boundary of the (memory-mapped)
+/// file; asking for the data a few kilobytes ahead keeps the loads from waiting on
+/// memory (measured on SmolLM2 Q4_1, one thread: 25% less CPU time per token with 2 KiB,
+/// no further gain at 4 KiB).
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Prefetches the cache lines of the `len` bytes that start [`PREFETCH_AHEAD`] bytes
+/// after `p` into L1. Only a hint: an address past the end of the row is never read.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_ahead(p: *const u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        // A prefetch never faults and reads nothing architecturally, so any address is
+        // allowed; `wrapping_add` keeps the address computation itself sound.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + off).cast());
+        off += 64;
+    }
 }
 
 /// Horizontal sum of 8 lanes in llama.cpp's order: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
