@@ -13,7 +13,9 @@ word boundary where the count comes out exact, as EMBODIOS tokenizes the same te
 same way), then answers each "round" line on stdin with a JSON line:
 prompt16_tokens, ttft16_ms, prompt_tokens, ttft_ms, prefill_tok_s, decode_tok_s, itl_ms
 (list), ids (the greedy tokens after the 64-token prompt), base_rss_kb, peak_rss_kb.
-"quit" ends it.
+"check ID ID ..." replays the 64-token prompt with those tokens (another engine's greedy
+choice) and answers {"agree": how many equal llama.cpp's argmax, "margin": at the first
+that does not, llama.cpp's top logit minus that token's logit}. "quit" ends it.
 
 Memory: after the imports the driver resets the kernel's peak-RSS mark (writing 5 to
 /proc/self/clear_refs) and records its RSS as the base, so peak_rss_kb - base_rss_kb is
@@ -32,6 +34,7 @@ import sys
 import time
 
 import llama_cpp as L
+import numpy as np
 
 
 def status_kb(field):
@@ -164,6 +167,22 @@ def one_round(m, p16, p64, n_gen):
     }
 
 
+def check(m, p64, theirs):
+    """Replays the 64-token prompt and another engine's greedy tokens: how many agree with
+    llama.cpp's argmax, and at the first that does not, how far llama.cpp's top logit is
+    above the logit of the other engine's token (a small margin is a near tie)."""
+    m.clear()
+    m.decode(p64)
+    n_vocab = L.llama_vocab_n_tokens(m.vocab)
+    for i, tok in enumerate(theirs):
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(m.ctx, -1), shape=(n_vocab,))
+        best = int(logits.argmax())
+        if best != tok:
+            return {"agree": i, "margin": float(logits[best] - logits[tok])}
+        m.step(tok)
+    return {"agree": len(theirs), "margin": None}
+
+
 def main():
     path, threads, n_gen, text_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     text = open(text_file, encoding="utf-8").read().strip()
@@ -177,6 +196,10 @@ def main():
     for line in sys.stdin:
         if line.strip() == "quit":
             break
+        if line.startswith("check "):
+            theirs = [int(x) for x in line.split()[1:]]
+            print(json.dumps(check(m, ids["64"], theirs)), flush=True)
+            continue
         r = one_round(m, ids["16"], ids["64"], n_gen)
         r["base_rss_kb"] = base_kb
         r["peak_rss_kb"] = status_kb("VmHWM")

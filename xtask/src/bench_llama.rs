@@ -298,6 +298,21 @@ impl Driver {
         self.stdin.flush().ok();
         self.read()
     }
+
+    /// How many of `ids` (another engine's greedy tokens after the 64-token prompt) equal
+    /// llama.cpp's argmax, and at the first that does not, llama.cpp's top logit minus
+    /// that token's logit.
+    pub fn check(&mut self, ids: &[u64]) -> Result<(usize, Option<f64>), String> {
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        writeln!(self.stdin, "check {}", list.join(" "))
+            .map_err(|e| format!("llama.cpp driver: {e}"))?;
+        self.stdin.flush().ok();
+        let v = self.read()?;
+        let agree = v["agree"]
+            .as_u64()
+            .ok_or_else(|| format!("driver check said {v}"))?;
+        Ok((agree as usize, v["margin"].as_f64()))
+    }
 }
 
 impl Drop for Driver {
