@@ -12,14 +12,18 @@ Prints a JSON "ready" line with the 16- and 64-token prompts it cut from TEXT_FI
 word boundary where the count comes out exact, as EMBODIOS tokenizes the same text the
 same way), then answers each "round" line on stdin with a JSON line:
 prompt16_tokens, ttft16_ms, prompt_tokens, ttft_ms, prefill_tok_s, decode_tok_s, itl_ms
-(list), ids (the greedy tokens after the 64-token prompt), base_rss_kb, peak_rss_kb.
+(list), ids (the greedy tokens after the 64-token prompt), base_rss_kb, peak_rss_kb,
+model_rss_kb.
 "check ID ID ..." replays the 64-token prompt with those tokens (another engine's greedy
 choice) and answers {"agree": how many equal llama.cpp's argmax, "margin": at the first
 that does not, llama.cpp's top logit minus that token's logit}. "quit" ends it.
 
 Memory: after the imports the driver resets the kernel's peak-RSS mark (writing 5 to
 /proc/self/clear_refs) and records its RSS as the base, so peak_rss_kb - base_rss_kb is
-what loading and running the model added (mapped weights included), not Python's own.
+what loading and running the model added, not Python's own; model_rss_kb is the resident
+part of the model file's mapping (weights never read, such as most rows of an untied
+embedding table, are not resident), so the memory beyond the file is
+peak_rss_kb - base_rss_kb - model_rss_kb.
 
 Environment: LLAMA_CPP_LIB_PATH selects the libllama build (xtask points it at the one
 it built with llama-bench); EMBODIOS_EXTRA_BUFTS=0 turns off llama.cpp's extra buffer
@@ -43,6 +47,20 @@ def status_kb(field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def mapped_rss_kb(path):
+    """Resident KiB of this process's mappings of `path` (the model file)."""
+    real = os.path.realpath(path)
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:
+                inside = len(fields) >= 6 and os.path.realpath(fields[5]) == real
+            elif inside and fields and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
 
 
 def reset_peak():
@@ -203,6 +221,7 @@ def main():
         r = one_round(m, ids["16"], ids["64"], n_gen)
         r["base_rss_kb"] = base_kb
         r["peak_rss_kb"] = status_kb("VmHWM")
+        r["model_rss_kb"] = mapped_rss_kb(path)
         print(json.dumps(r), flush=True)
 
 

@@ -15,8 +15,9 @@ use crate::bench_models::{self, BenchModel, Kind};
 use crate::qemu::Accel;
 use crate::workspace_root;
 use std::fmt::Write as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// Prompt tokens of the throughput and TTFT workload, and tokens generated.
@@ -206,9 +207,20 @@ struct Row {
     llama: Vec<Round>,
     ours: Vec<Round>,
     roofline_tok_s: f64,
-    /// EMBODIOS's greedy tokens replayed in llama.cpp: how many agree with its argmax,
-    /// and llama.cpp's logit margin at the first that does not.
+    /// EMBODIOS's greedy tokens replayed in llama.cpp as benchmarked: how many agree
+    /// with its argmax, and llama.cpp's logit margin at the first that does not.
     agreement: Agreement,
+    /// The same in llama.cpp's reference configuration (first thread count only).
+    reference: Option<Agreement>,
+}
+
+/// What [`interleaved`] measured.
+struct Measured {
+    llama: Vec<Round>,
+    ours: Vec<Round>,
+    settings: String,
+    agreement: Agreement,
+    reference: Option<Agreement>,
 }
 
 /// How many greedy tokens agree, and llama.cpp's logit margin at the first that does not.
@@ -251,24 +263,24 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
         let file_bytes = std::fs::metadata(&model.path)
             .map(|m| m.len())
             .map_err(|e| format!("{}: {e}", model.path.display()))?;
-        for &threads in &opts.threads {
+        for (i, &threads) in opts.threads.iter().enumerate() {
             eprintln!(
                 "xtask: bench {} ({}) with {threads} thread(s), {} round(s)",
                 model.name,
                 model.path.display(),
                 opts.rounds
             );
-            let (llama_rounds, ours, settings, agreement) = interleaved(
+            let m = interleaved(
                 &llama,
                 &embodios,
                 model,
-                file_bytes,
                 threads,
                 &text_file,
                 &bench_dir,
                 opts.rounds,
+                i == 0,
             )?;
-            llama_settings = settings;
+            llama_settings = m.settings;
             let gb_s = bandwidth
                 .iter()
                 .find(|(t, _)| *t == threads)
@@ -277,10 +289,11 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
                 model: model.clone(),
                 file_bytes,
                 threads,
-                llama: llama_rounds,
-                ours,
+                llama: m.llama,
+                ours: m.ours,
                 roofline_tok_s: gb_s * 1e9 / file_bytes as f64,
-                agreement,
+                agreement: m.agreement,
+                reference: m.reference,
             });
         }
     }
@@ -319,27 +332,34 @@ pub fn cmd_bench(args: &[String]) -> Result<(), String> {
 
 /// Runs llama.cpp and EMBODIOS rounds alternately (A B A B …) on one model and thread
 /// count; also returns llama-bench's settings line and how far llama.cpp agrees with
-/// EMBODIOS's greedy tokens of the first round.
+/// EMBODIOS's greedy tokens of the first round (with `reference_check`, also in
+/// llama.cpp's reference configuration).
 #[allow(clippy::too_many_arguments)]
 fn interleaved(
     llama: &LlamaCpp,
     embodios: &Path,
     model: &BenchModel,
-    file_bytes: u64,
     threads: usize,
     text_file: &Path,
     bench_dir: &Path,
     rounds: usize,
-) -> Result<(Vec<Round>, Vec<Round>, String, Agreement), String> {
+    reference_check: bool,
+) -> Result<Measured, String> {
     let tag = format!("{}-t{threads}", model.name.replace(['/', ' '], "_"));
     let log = bench_dir.join(format!("llama-driver-{tag}.log"));
-    let mut driver =
-        bench_llama::Driver::start(llama, &model.path, threads, GEN_TOKENS, text_file, &log)?;
+    let mut driver = bench_llama::Driver::start(
+        llama,
+        &model.path,
+        threads,
+        GEN_TOKENS,
+        text_file,
+        &log,
+        false,
+    )?;
     let p16 = bench_dir.join(format!("prompt16-{tag}.txt"));
     let p64 = bench_dir.join(format!("prompt64-{tag}.txt"));
     std::fs::write(&p16, &driver.prompt16).map_err(|e| format!("{}: {e}", p16.display()))?;
     std::fs::write(&p64, &driver.prompt64).map_err(|e| format!("{}: {e}", p64.display()))?;
-    let file_mb = file_bytes as f64 / (1024.0 * 1024.0);
 
     let (mut theirs, mut ours) = (Vec::new(), Vec::new());
     let mut settings = String::new();
@@ -359,13 +379,14 @@ fn interleaved(
             itl_p50_ms: p50,
             itl_p99_ms: p99,
             itl_stddev_ms: sd,
-            mem_mb: (num(&d, "peak_rss_kb")? - num(&d, "base_rss_kb")?) / 1024.0 - file_mb,
+            mem_mb: (num(&d, "peak_rss_kb")? - num(&d, "base_rss_kb")? - num(&d, "model_rss_kb")?)
+                / 1024.0,
             ids: ids(&d, "ids"),
         });
 
         // B: EMBODIOS.
-        let long = embodios_run(embodios, &model.path, &p64, GEN_TOKENS, threads)?;
-        let short = embodios_run(embodios, &model.path, &p16, 1, threads)?;
+        let (long, long_mem) = embodios_run(embodios, &model.path, &p64, GEN_TOKENS, threads)?;
+        let (short, _) = embodios_run(embodios, &model.path, &p16, 1, threads)?;
         let (p50, p99, sd) = itl(&long, "itl_ms")?;
         ours.push(Round {
             prompt_tokens: num(&long, "prompt_tokens")?,
@@ -377,26 +398,50 @@ fn interleaved(
             itl_p50_ms: p50,
             itl_p99_ms: p99,
             itl_stddev_ms: sd,
-            mem_mb: num(&long, "peak_rss_kb")? / 1024.0 - file_mb,
+            mem_mb: long_mem as f64 / 1024.0,
             ids: ids(&long, "ids"),
         });
     }
-    let agreement = match ours.first() {
-        Some(r) => driver.check(&r.ids)?,
-        None => (0, None),
+    let first_ids = ours
+        .first()
+        .map(|r: &Round| r.ids.clone())
+        .unwrap_or_default();
+    let agreement = driver.check(&first_ids)?;
+    drop(driver);
+    let reference = if reference_check {
+        let log = bench_dir.join(format!("llama-driver-{tag}-reference.log"));
+        let mut d = bench_llama::Driver::start(
+            llama,
+            &model.path,
+            threads,
+            GEN_TOKENS,
+            text_file,
+            &log,
+            true,
+        )?;
+        Some(d.check(&first_ids)?)
+    } else {
+        None
     };
-    Ok((theirs, ours, settings, agreement))
+    Ok(Measured {
+        llama: theirs,
+        ours,
+        settings,
+        agreement,
+        reference,
+    })
 }
 
-/// `embodios run -f PROMPT -n N --temp 0 --ctx 512 --json --threads T`, its JSON line.
+/// `embodios run -f PROMPT -n N --temp 0 --ctx 512 --json --threads T`: its JSON line,
+/// and its peak memory beyond the model file in KiB (see [`MemoryWatch`]).
 fn embodios_run(
     embodios: &Path,
     model: &Path,
     prompt_file: &Path,
     n: usize,
     threads: usize,
-) -> Result<serde_json::Value, String> {
-    let out = Command::new(embodios)
+) -> Result<(serde_json::Value, u64), String> {
+    let mut child = Command::new(embodios)
         .args(["run", "-m"])
         .arg(model)
         .arg("-f")
@@ -411,18 +456,101 @@ fn embodios_run(
             "--json",
         ])
         .args(["--threads", &threads.to_string()])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("running embodios: {e}"))?;
-    if !out.status.success() {
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = read(Box::new(child.stdout.take().ok_or("embodios stdout")?));
+    let err = read(Box::new(child.stderr.take().ok_or("embodios stderr")?));
+    let mut watch = MemoryWatch::new(child.id(), model);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("embodios: {e}"))? {
+            break status;
+        }
+        watch.sample();
+        std::thread::sleep(MEMORY_POLL);
+    };
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    if !status.success() {
         return Err(format!(
             "embodios run failed on {}: {}",
             model.display(),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&stderr)
         ));
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&stdout);
     let last = stdout.lines().last().unwrap_or("");
-    serde_json::from_str(last).map_err(|e| format!("embodios said {last:?}: {e}"))
+    let json = serde_json::from_str(last).map_err(|e| format!("embodios said {last:?}: {e}"))?;
+    Ok((json, watch.beyond_file_kb()))
+}
+
+/// How often a running EMBODIOS process's memory is sampled.
+const MEMORY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Samples a process's peak resident memory (VmHWM, which only grows) and the resident
+/// part of its mapping of the model file (which only grows too: nothing evicts it on a
+/// machine with free memory); the last sample before the process exits gives its memory
+/// beyond the file. Weights never read (most rows of an untied embedding table) are not
+/// resident, so they count on neither side.
+struct MemoryWatch {
+    pid: u32,
+    model: PathBuf,
+    hwm_kb: u64,
+    model_kb: u64,
+}
+
+impl MemoryWatch {
+    fn new(pid: u32, model: &Path) -> Self {
+        MemoryWatch {
+            pid,
+            model: std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf()),
+            hwm_kb: 0,
+            model_kb: 0,
+        }
+    }
+
+    fn sample(&mut self) {
+        let proc = PathBuf::from(format!("/proc/{}", self.pid));
+        let Ok(status) = std::fs::read_to_string(proc.join("status")) else {
+            return;
+        };
+        let Ok(smaps) = std::fs::read_to_string(proc.join("smaps")) else {
+            return;
+        };
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+        let model = self.model.to_string_lossy().into_owned();
+        let (mut inside, mut model_kb) = (false, 0u64);
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or("");
+            if first.contains('-') && !first.ends_with(':') {
+                inside = fields.nth(4) == Some(model.as_str());
+            } else if inside && first == "Rss:" {
+                model_kb += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+        if let Some(hwm) = hwm {
+            self.hwm_kb = hwm;
+            self.model_kb = model_kb;
+        }
+    }
+
+    fn beyond_file_kb(&self) -> u64 {
+        self.hwm_kb.saturating_sub(self.model_kb)
+    }
 }
 
 struct Report<'a> {
@@ -612,7 +740,7 @@ fn render(r: &Report<'_>) -> String {
     );
     let _ = writeln!(s, "- prefill and decode, llama.cpp: `llama-bench -p {PROMPT_TOKENS} -n {GEN_TOKENS} -r 1 -t N` once per round (pp{PROMPT_TOKENS}, tg{GEN_TOKENS}); EMBODIOS: prefill of the {PROMPT_TOKENS}-token prompt and the {GEN_TOKENS} greedy tokens after it");
     let _ = writeln!(s, "- TTFT (prompt of {SHORT_PROMPT_TOKENS} and of {PROMPT_TOKENS} tokens, cut from the same text at a word boundary) and inter-token latency over the {GEN_TOKENS} greedy tokens: llama.cpp through `scripts/bench/llama_cpp_driver.py` (llama.cpp's C API via llama-cpp-python's bindings over the same build, `llama_decode` per token, llama.cpp's greedy sampler), context 512, as EMBODIOS");
-    let _ = writeln!(s, "- memory beyond the file: peak resident memory minus the model file's size (both map the file, and its pages count once touched). EMBODIOS: the process's VmHWM. llama.cpp: the driver resets the peak mark after Python's imports (`5` to /proc/self/clear_refs) and reports VmHWM minus the RSS then, so the interpreter is not counted");
+    let _ = writeln!(s, "- memory beyond the file: peak resident memory (VmHWM) minus the resident part of the model file's mapping (from /proc/PID/smaps; both engines map the file, weights never read such as most rows of an untied embedding table are resident on neither side). EMBODIOS: sampled every {} ms while `embodios run` (64 + 128 tokens, context 512) runs, last sample. llama.cpp: in the driver (context 512) after its rounds, with the peak mark reset after Python's imports (`5` to /proc/self/clear_refs) and the RSS then subtracted, so the interpreter is not counted; llama.cpp's repacked weight copies count, as they are memory it uses beyond the file", MEMORY_POLL.as_millis());
     let _ = writeln!(
         s,
         "- rounds interleaved llama.cpp / EMBODIOS; median (min–max) over the rounds"
@@ -686,36 +814,38 @@ fn render(r: &Report<'_>) -> String {
     }
 
     let _ = writeln!(s, "\n## Same tokens\n");
-    let _ = writeln!(s, "EMBODIOS's {GEN_TOKENS} greedy tokens after the {PROMPT_TOKENS}-token prompt (first round), replayed in llama.cpp: how many are llama.cpp's argmax too, and where one is not, by how much llama.cpp's top logit leads the logit of EMBODIOS's pick (below {NEAR_TIE_MARGIN} is a near tie, which the two engines' different summation orders can flip; the engine's tests accept exactly these).\n");
-    let _ = writeln!(s, "| model | threads | prompt tokens 16/64 (llama.cpp; EMBODIOS) | greedy tokens equal to llama.cpp's |");
-    let _ = writeln!(s, "|---|---|---|---|");
+    let _ = writeln!(s, "EMBODIOS's {GEN_TOKENS} greedy tokens after the {PROMPT_TOKENS}-token prompt (first round), replayed in llama.cpp: how many are llama.cpp's argmax too, and where one is not, by how much llama.cpp's top logit leads the logit of EMBODIOS's pick (below {NEAR_TIE_MARGIN} is a near tie, which different summation orders can flip; the engine's fidelity tests accept exactly these). Two llama.cpp configurations: as benchmarked (flash attention auto, repacked weights: llama.cpp's fastest, which sums in other orders), and its reference configuration (flash attention off, no extra buffer types), in which the engine's golden files were recorded.\n");
+    let _ = writeln!(s, "| model | threads | prompt tokens 16/64 (llama.cpp; EMBODIOS) | equal to llama.cpp as benchmarked | equal to llama.cpp's reference configuration |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
     for row in r.rows {
         let (Some(a), Some(b)) = (row.llama.first(), row.ours.first()) else {
             continue;
         };
         let n = b.ids.len();
-        let verdict = match row.agreement {
-            (k, _) if k == n => format!("all {n}"),
-            (k, Some(margin)) => format!(
-                "first {k} of {n}; at token {} llama.cpp's top logit leads by {margin:.3}{}",
-                k + 1,
+        let verdict = |agreement: Option<Agreement>| match agreement {
+            None => "–".to_string(),
+            Some((k, _)) if k == n => format!("all {n}"),
+            Some((k, Some(margin))) => format!(
+                "first {k} of {n}; then llama.cpp's top logit leads by {margin:.3}{}",
                 if margin < NEAR_TIE_MARGIN {
                     " (near tie)"
                 } else {
-                    " (NOT a near tie)"
+                    " (not a near tie)"
                 }
             ),
-            (k, None) => format!("first {k} of {n}"),
+            Some((k, None)) => format!("first {k} of {n}"),
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0}/{:.0}; {:.0}/{:.0} | {verdict} |",
+            "| {} | {} | {:.0}/{:.0}; {:.0}/{:.0} | {} | {} |",
             row.model.name,
             row.threads,
             a.prompt16_tokens,
             a.prompt_tokens,
             b.prompt16_tokens,
-            b.prompt_tokens
+            b.prompt_tokens,
+            verdict(Some(row.agreement)),
+            verdict(row.reference)
         );
     }
 

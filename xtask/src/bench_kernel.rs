@@ -49,7 +49,7 @@ pub fn run(model: &Path, model_label: &str, threads: &[usize]) -> Result<Vec<Ker
             iso: iso.clone(),
             cores: t as u32,
             // The module is copied into guest memory; the engine needs room beside it.
-            mem: format!("{}M", 2 * model_mb + 768),
+            mem: format!("{}M", (2 * model_mb + 768).max(1024)),
             firmware: Firmware::Bios,
             accel,
             monitor: None,

@@ -223,7 +223,9 @@ pub fn llama_bench(
     })
 }
 
-/// The Python driver, kept running for one model and thread count.
+/// The Python driver, kept running for one model and thread count. With `reference`,
+/// llama.cpp runs as the engine's golden files were recorded: flash attention off, no
+/// extra buffer types (no repacked weights), for comparing greedy tokens.
 pub struct Driver {
     child: Child,
     stdin: ChildStdin,
@@ -241,6 +243,7 @@ impl Driver {
         n_gen: usize,
         text_file: &Path,
         log: &Path,
+        reference: bool,
     ) -> Result<Self, String> {
         let script = workspace_root().join("scripts/bench/llama_cpp_driver.py");
         let log = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -251,6 +254,8 @@ impl Driver {
             .arg(n_gen.to_string())
             .arg(text_file)
             .env("LLAMA_CPP_LIB_PATH", &lc.lib_dir)
+            .env("EMBODIOS_EXTRA_BUFTS", if reference { "0" } else { "1" })
+            .env("EMBODIOS_FLASH_ATTN", if reference { "0" } else { "auto" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
