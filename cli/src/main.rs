@@ -1,10 +1,11 @@
 //! The `embodios` host command line: runs the EMBODIOS engine on Linux (run, chat,
-//! tokenize, inspect), the same engine code the kernel links.
+//! tokenize, inspect, serve, quantize), the same engine code the kernel links.
 
 mod args;
 mod chat;
 mod inspect;
 mod loaded;
+mod quantize;
 mod run;
 mod serve;
 mod tokenize;
@@ -25,6 +26,10 @@ commands:
   inspect   -m FILE [--cpu]
             metadata and tensor table of a GGUF file; --cpu (with or without -m):
             the CPU's SIMD features and which kernel set the engine uses
+  quantize  IN.gguf OUT.gguf --type TYPE [--threads N]
+            rewrite a model with other weight types (Q8_0, Q4_K_M, Q4_0, ...,
+            as llama.cpp's llama-quantize mixes them); metadata kept;
+            --dry-run (without OUT) prints each tensor's new type
   serve     -m FILE [-m FILE...] [--port N] [--host ADDR] [--api-key KEY] [--threads N]
             [--ctx N] [--queue N]
             Ollama- and OpenAI-compatible HTTP API (default 127.0.0.1:11434)
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         "tokenize" => tokenize::main(rest),
         "inspect" => inspect_main(rest),
         "serve" => serve::main(rest),
+        "quantize" => quantize::main(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

@@ -2,6 +2,9 @@
 //! suite, running EMBODIOS.
 
 mod bench;
+mod bench_kernel;
+mod bench_llama;
+mod bench_models;
 mod deps;
 mod disk;
 mod disk_test;
@@ -26,9 +29,11 @@ commands:
   fetch-model [NAME]          download, verify and cache a model; prints its path last
                               (models: smollm2-135m (default), gemma3-270m)
   fuzz [--seconds N]          fuzz the GGUF parser with cargo fuzz (nightly)
-  bench [--model NAME|FILE]… [--threads 1,2] [--rounds N]
-                              the host engine side by side with llama.cpp;
-                              writes docs/BENCHMARKS.md
+  bench [--model NAME|FILE]… [--threads 1,2] [--rounds N] [--no-kernel]
+        [--kernel-model FILE] [--out FILE]
+                              EMBODIOS (host CLI, kernel in QEMU) side by side with
+                              llama.cpp (llama-bench); writes docs/BENCHMARKS.md;
+                              `cargo xtask bench --help` for the details
   build-kernel                build the bare-metal kernel (nightly); prints the ELF path
   iso [--out PATH] [--entry normal|nosmp|test|panic-test] [--timeout S]
                               make the GRUB ISO (BIOS + UEFI)

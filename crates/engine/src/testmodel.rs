@@ -3,6 +3,7 @@
 //! load (they borrow a real model's tokenizer metadata), with a mix of weight types so
 //! every matmul path is exercised.
 
+use alloc::collections::BTreeSet;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -52,6 +53,12 @@ pub enum TestModelError {
     NoVocabulary,
     Write(WriteError),
     Quant(QuantError),
+    /// A cut vocabulary would lose a special token the tokenizer metadata names.
+    VocabTooSmall {
+        key: String,
+        id: u64,
+        vocab: usize,
+    },
 }
 
 impl fmt::Display for TestModelError {
@@ -62,6 +69,10 @@ impl fmt::Display for TestModelError {
             }
             TestModelError::Write(e) => write!(f, "writing the GGUF failed: {e}"),
             TestModelError::Quant(e) => write!(f, "quantising a weight failed: {e}"),
+            TestModelError::VocabTooSmall { key, id, vocab } => write!(
+                f,
+                "{key} is {id}, outside a vocabulary cut to {vocab} tokens"
+            ),
         }
     }
 }
@@ -510,4 +521,187 @@ pub fn describe_model(spec: &RandomModelSpec) -> String {
         spec.sliding_window,
         spec.seed
     )
+}
+
+/// A random llama at benchmark scale: the shape of a real model, one weight type for every
+/// matrix (F32 norms), and optionally a vocabulary cut to a real model's size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchLlamaSpec {
+    pub shape: RandomLlamaSpec,
+    /// The type of every 2-D weight (quantize the file afterwards for a mix).
+    pub weight_type: GgmlType,
+    /// Keep only the first `vocab` tokens of the tokenizer source (None: all of them).
+    pub vocab: Option<usize>,
+}
+
+impl BenchLlamaSpec {
+    /// TinyLlama-1.1B's shape: 22 layers, width 2048, 32 heads (4 KV), feed-forward 5632,
+    /// vocabulary 32000.
+    pub fn tinyllama_1_1b(weight_type: GgmlType) -> Self {
+        Self {
+            shape: RandomLlamaSpec {
+                n_layer: 22,
+                n_embd: 2048,
+                n_head: 32,
+                n_head_kv: 4,
+                n_ff: 5632,
+                context_length: 2048,
+                ..RandomLlamaSpec::default()
+            },
+            weight_type,
+            vocab: Some(32000),
+        }
+    }
+}
+
+/// The `tokenizer.*` metadata of `src`, with the vocabulary cut to its first `vocab`
+/// tokens: per-token arrays truncated, and only the BPE merges kept whose two parts and
+/// result all remain, so the cut tokenizer is self-consistent.
+fn tokenizer_metadata(
+    src: &GgufFile<'_>,
+    vocab: Option<usize>,
+) -> Result<(Vec<(String, OwnedValue)>, usize), TestModelError> {
+    let tokens = src
+        .get_array("tokenizer.ggml.tokens")
+        .filter(|a| !a.is_empty())
+        .ok_or(TestModelError::NoVocabulary)?;
+    let n = vocab.unwrap_or(tokens.len()).min(tokens.len());
+    let kept: BTreeSet<&str> = tokens[..n].iter().filter_map(|t| t.as_str()).collect();
+    let mut out = Vec::new();
+    for (k, v) in &src.metadata {
+        if !k.starts_with("tokenizer.") {
+            continue;
+        }
+        let Some(owned) = v.to_owned_value() else {
+            continue;
+        };
+        let owned = match (k, owned) {
+            (
+                &("tokenizer.ggml.tokens" | "tokenizer.ggml.scores" | "tokenizer.ggml.token_type"),
+                OwnedValue::Array(mut items),
+            ) => {
+                items.truncate(n);
+                OwnedValue::Array(items)
+            }
+            (&"tokenizer.ggml.merges", OwnedValue::Array(items)) => OwnedValue::Array(
+                items
+                    .into_iter()
+                    .filter(|m| match m {
+                        OwnedValue::Str(pair) => pair.split_once(' ').is_some_and(|(a, b)| {
+                            kept.contains(a)
+                                && kept.contains(b)
+                                && kept.contains(format!("{a}{b}").as_str())
+                        }),
+                        _ => false,
+                    })
+                    .collect(),
+            ),
+            (key, value) => {
+                if key.ends_with("_token_id") {
+                    if let Some(id) = value.as_value().as_u64() {
+                        if id as usize >= n {
+                            return Err(TestModelError::VocabTooSmall {
+                                key: String::from(*key),
+                                id,
+                                vocab: n,
+                            });
+                        }
+                    }
+                }
+                value
+            }
+        };
+        out.push((String::from(*k), owned));
+    }
+    Ok((out, n))
+}
+
+/// Writes the benchmark-scale random llama described by `spec`, the tokenizer taken from
+/// `tokenizer_source` (cut to `spec.vocab`). The same spec and source give the same bytes.
+pub fn write_bench_llama(
+    spec: &BenchLlamaSpec,
+    tokenizer_source: &GgufFile<'_>,
+) -> Result<Vec<u8>, TestModelError> {
+    let (tokenizer, vocab) = tokenizer_metadata(tokenizer_source, spec.vocab)?;
+    let s = &spec.shape;
+    let mut w = GgufWriter::new();
+    let arch = "llama";
+    let key = |k: &str| format!("{arch}.{k}");
+    let u = |v: usize| OwnedValue::U32(v as u32);
+    w.add_metadata("general.architecture", OwnedValue::str(arch))?;
+    w.add_metadata(
+        "general.name",
+        OwnedValue::str(&format!("embodios-random-llama-{}x{}", s.n_layer, s.n_embd)),
+    )?;
+    w.add_metadata(&key("block_count"), u(s.n_layer))?;
+    w.add_metadata(&key("context_length"), OwnedValue::U32(s.context_length))?;
+    w.add_metadata(&key("embedding_length"), u(s.n_embd))?;
+    w.add_metadata(&key("feed_forward_length"), u(s.n_ff))?;
+    w.add_metadata(&key("attention.head_count"), u(s.n_head))?;
+    w.add_metadata(&key("attention.head_count_kv"), u(s.n_head_kv))?;
+    w.add_metadata(
+        &key("attention.layer_norm_rms_epsilon"),
+        OwnedValue::F32(s.rms_eps),
+    )?;
+    w.add_metadata(&key("rope.freq_base"), OwnedValue::F32(s.rope_freq_base))?;
+    let head_dim = s.n_embd / s.n_head;
+    w.add_metadata(&key("rope.dimension_count"), u(head_dim))?;
+    w.add_metadata(&key("vocab_size"), u(vocab))?;
+    for (k, v) in tokenizer {
+        w.add_metadata(&k, v)?;
+    }
+
+    let mut rng = Normal {
+        rng: Rng::new(s.seed),
+        spare: None,
+    };
+    let (e, ff) = (s.n_embd as u64, s.n_ff as u64);
+    let kv = (s.n_head_kv * head_dim) as u64;
+    let ty = spec.weight_type;
+    // Standard deviations of about 1/sqrt(fan-in) keep activations in range through
+    // many layers, so the generated text is noise but the arithmetic stays finite.
+    let std_in = |fan_in: u64| 1.0 / libm::sqrtf(fan_in as f32);
+    let mut add = |w: &mut GgufWriter,
+                   name: &str,
+                   dims: &[u64],
+                   ty: GgmlType,
+                   mean: f32,
+                   std: f32|
+     -> Result<(), TestModelError> {
+        let n = dims.iter().product::<u64>() as usize;
+        let values = rng.fill(n, mean, std);
+        w.add_tensor(name, dims, ty, encode(ty, &values)?)?;
+        Ok(())
+    };
+    use GgmlType::F32;
+    add(
+        &mut w,
+        "token_embd.weight",
+        &[e, vocab as u64],
+        ty,
+        0.0,
+        0.5,
+    )?;
+    for l in 0..s.n_layer {
+        let n = |k: &str| format!("blk.{l}.{k}.weight");
+        add(&mut w, &n("attn_norm"), &[e], F32, 1.0, 0.1)?;
+        add(&mut w, &n("attn_q"), &[e, e], ty, 0.0, std_in(e))?;
+        add(&mut w, &n("attn_k"), &[e, kv], ty, 0.0, std_in(e))?;
+        add(&mut w, &n("attn_v"), &[e, kv], ty, 0.0, std_in(e))?;
+        add(&mut w, &n("attn_output"), &[e, e], ty, 0.0, std_in(e))?;
+        add(&mut w, &n("ffn_norm"), &[e], F32, 1.0, 0.1)?;
+        add(&mut w, &n("ffn_gate"), &[e, ff], ty, 0.0, std_in(e))?;
+        add(&mut w, &n("ffn_up"), &[e, ff], ty, 0.0, std_in(e))?;
+        add(&mut w, &n("ffn_down"), &[ff, e], ty, 0.0, std_in(ff))?;
+    }
+    add(&mut w, "output_norm.weight", &[e], F32, 1.0, 0.1)?;
+    add(
+        &mut w,
+        "output.weight",
+        &[e, vocab as u64],
+        ty,
+        0.0,
+        std_in(e),
+    )?;
+    Ok(w.finish())
 }
