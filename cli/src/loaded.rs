@@ -18,6 +18,13 @@ pub struct ModelBytes {
 }
 
 impl ModelBytes {
+    /// Bytes of the model held in this process's anonymous memory (the huge-page copy),
+    /// 0 when the file is mapped from the page cache instead. Memory figures beyond the
+    /// weights subtract it.
+    pub fn copied_len(&self) -> usize {
+        self.huge.as_ref().map_or(0, |h| h.len())
+    }
+
     /// A copy of the bytes on the heap, for callers that need an owned buffer.
     pub fn into_boxed_slice(self) -> Box<[u8]> {
         Box::from(&*self)

@@ -96,6 +96,7 @@ pub fn main(raw: &[String]) -> Result<(), String> {
             "itl_p99_ms": percentile(&sorted_ms, 0.99),
             "itl_stddev_ms": stddev(&latencies_ms),
             "peak_rss_kb": peak_rss_kb(),
+            "model_copy_kb": bytes.copied_len() / 1024,
         });
         let _ = writeln!(out, "{line}");
     } else {
