@@ -240,14 +240,16 @@ pub struct Generator {
 }
 
 /// Turns token bytes into text: emits whole UTF-8 characters, keeps an incomplete
-/// trailing sequence for the next token, and replaces invalid bytes with U+FFFD.
+/// trailing sequence for the next token, and replaces invalid bytes with U+FFFD (what
+/// [`Generator`] streams).
 #[derive(Clone, Debug, Default)]
-struct Utf8Stream {
+pub struct Utf8Stream {
     pending: Vec<u8>,
 }
 
 impl Utf8Stream {
-    fn push(&mut self, bytes: &[u8], out: &mut String) {
+    /// Appends the text `bytes` complete to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut String) {
         self.pending.extend_from_slice(bytes);
         let mut start = 0;
         loop {
@@ -277,7 +279,8 @@ impl Utf8Stream {
         self.pending.drain(..start);
     }
 
-    fn finish(&mut self, out: &mut String) {
+    /// Ends the stream: an unfinished sequence becomes U+FFFD.
+    pub fn finish(&mut self, out: &mut String) {
         if !self.pending.is_empty() {
             out.push('\u{FFFD}');
             self.pending.clear();
