@@ -461,10 +461,11 @@ fn run(
             },
             &mut |c| {
                 if let Checkpoint::Decode { generated } = c {
-                    // Allocations since the previous token (its forward pass, this
-                    // token's sampling and streaming), once the warm-up tokens are past.
+                    // Allocations since the previous checkpoint: one decoded token's
+                    // forward pass and the next token's sampling and streaming, counted
+                    // once the first WARM_UP_TOKENS tokens are out.
                     let count = crate::mem::allocations();
-                    if generated > WARM_UP_TOKENS + 1 {
+                    if generated > WARM_UP_TOKENS {
                         allocs.tokens += 1;
                         allocs.allocations += count - allocs_at;
                     }

@@ -387,10 +387,7 @@ fn session_bytes(model: &Model<'_>) -> (u64, u64) {
     let bytes = model.session_bytes(session_options());
     let sampler = Sampler::new(SamplerConfig::default())
         .reserved_bytes(model.config.vocab_size, model.context_len());
-    (
-        bytes.kv_cache as u64,
-        (bytes.buffers + sampler) as u64,
-    )
+    (bytes.kv_cache as u64, (bytes.buffers + sampler) as u64)
 }
 
 /// The tokenizer's tables take at most about this many times the metadata that holds

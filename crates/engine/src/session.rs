@@ -453,6 +453,7 @@ impl Session {
     }
 
     /// The logits of the last evaluated position (empty before the first `forward`).
+    /// [`Model::evaluate`] without logits leaves those of an earlier position here.
     pub fn logits(&self) -> &[f32] {
         if self.pos == 0 {
             &[]
