@@ -250,14 +250,17 @@ impl Backend for EngineBackend {
         let mut generator = Generator::new(Sampler::new(config), max_tokens);
         generator.stop = req.stop.clone();
         let t_run = self.clock.now_us();
-        let result = generator.run(
+        // A client that leaves stops the prompt between pieces as well as the reply.
+        let sink = std::cell::RefCell::new(sink);
+        let result = generator.run_with(
             &m.loaded.model,
             &mut m.session,
             &Detok(&m.loaded.tokenizer),
             &ids[shared..],
             &self.pool,
             &self.clock,
-            &mut |piece| sink.text(piece),
+            &mut |piece| sink.borrow_mut().text(piece),
+            &mut |_| sink.borrow_mut().gone(),
         );
         let g = match result {
             Ok(g) => g,

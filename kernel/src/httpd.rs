@@ -306,14 +306,19 @@ impl Backend for RegistryBackend<'_> {
         let mut generator = Generator::new(Sampler::new(config), max_tokens);
         generator.stop = req.stop.clone();
         let t_run = time::uptime_us();
-        let result = generator.run(
+        generator.prefill_piece = crate::infer::PREFILL_PIECE;
+        // The text callback and the cancel check both reach the client's sink: a client
+        // that leaves stops the prompt between pieces as well as the reply.
+        let sink = core::cell::RefCell::new(sink);
+        let result = generator.run_with(
             &m.model,
             &mut m.session,
             &Detok(&m.tokenizer),
             &ids[shared..],
             &CpuPool,
             &TscClock,
-            &mut |piece| sink.text(piece),
+            &mut |piece| sink.borrow_mut().text(piece),
+            &mut |_| sink.borrow_mut().gone(),
         );
         let g = match result {
             Ok(g) => g,

@@ -6,8 +6,9 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use embodios_engine::generate::{Checkpoint, Utf8Stream};
 use embodios_engine::{
-    Clock, GenerateError, Generation, GenerationStats, Message, Sampler, SamplerConfig, StopReason,
+    Generation, GenerationStats, Generator, Message, Sampler, SamplerConfig, StopReason,
 };
 
 use crate::models::{Loaded, Registry};
@@ -387,104 +388,21 @@ fn interrupted() -> bool {
     stop
 }
 
-/// Tokens per prefill call. A prompt is evaluated in pieces so that Ctrl-C is seen
-/// between them and the batch scratch the session keeps stays small (about 58 KiB per
-/// token of a piece for SmolLM2).
+/// Prompt tokens per prefill piece (the engine's [`Generator`] cuts the pieces so that
+/// the logits are bit for bit those of one call). Input is polled between pieces, so
+/// Ctrl-C stops a prompt within one piece, and the session's batch buffers, sized for
+/// the largest piece at `load`, stay small (about 58 KiB per token for SmolLM2).
 pub const PREFILL_PIECE: usize = 16;
 
-/// The engine evaluates one call in micro-batches of this many tokens (llama.cpp's
-/// default `n_ubatch`, which the engine follows).
-const UBATCH: usize = 512;
-
-/// From this many tokens on, a batch is rounded as a "tiled" batch (the engine's
-/// `DotOrder::for_batch`: 1 token, 2-7 tokens and 8 or more round differently).
-const TILED_MIN: usize = 8;
-
-/// The pieces (`start..end`) a prompt of `n` tokens is evaluated in. Every token is
-/// evaluated in a batch of the same rounding class as in one `forward` call over the
-/// whole prompt (which the engine splits into micro-batches of [`UBATCH`]), so the
-/// logits are bit for bit the same: a micro-batch shorter than 8 tokens stays whole,
-/// a longer one is cut into pieces of `piece` tokens whose last piece takes the
-/// remainder when that is shorter than 8.
-pub fn prefill_pieces(n: usize, piece: usize) -> impl Iterator<Item = core::ops::Range<usize>> {
-    let piece = piece.max(TILED_MIN);
-    let mut at = 0;
-    let mut ubatch_end = 0;
-    core::iter::from_fn(move || {
-        if at >= n {
-            return None;
-        }
-        if at >= ubatch_end {
-            ubatch_end = (at + UBATCH).min(n);
-        }
-        let mut end = (at + piece).min(ubatch_end);
-        if ubatch_end - end < TILED_MIN {
-            end = ubatch_end;
-        }
-        let r = at..end;
-        at = end;
-        Some(r)
-    })
-}
-
-/// Streams token bytes as whole UTF-8 characters: an incomplete sequence at the end
-/// waits for the next token, invalid bytes become U+FFFD (as the engine's generator
-/// streams them). The buffer is reused, so after the first tokens nothing allocates.
-struct Utf8Out {
-    pending: Vec<u8>,
-}
-
-impl Utf8Out {
-    /// Adds `bytes`, hands every complete piece of text to `emit`.
-    fn push(&mut self, bytes: &[u8], emit: &mut dyn FnMut(&str)) {
-        self.pending.extend_from_slice(bytes);
-        let mut start = 0;
-        while start < self.pending.len() {
-            match core::str::from_utf8(&self.pending[start..]) {
-                Ok(s) => {
-                    emit(s);
-                    start = self.pending.len();
-                }
-                Err(e) => {
-                    let good = start + e.valid_up_to();
-                    if let Ok(s) = core::str::from_utf8(&self.pending[start..good]) {
-                        emit(s);
-                    }
-                    match e.error_len() {
-                        Some(bad) => {
-                            emit("\u{FFFD}");
-                            start = good + bad;
-                        }
-                        None => {
-                            start = good;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        self.pending.drain(..start);
-    }
-
-    /// An incomplete sequence left at the end becomes U+FFFD.
-    fn finish(&mut self, emit: &mut dyn FnMut(&str)) {
-        if !self.pending.is_empty() {
-            emit("\u{FFFD}");
-            self.pending.clear();
-        }
-    }
-}
-
-/// The text `pieces` of token bytes stream as (for the in-kernel tests).
+/// The text `pieces` of token bytes stream as (the engine's UTF-8 assembly, for the
+/// in-kernel tests).
 pub fn stream_utf8(pieces: &[&[u8]]) -> String {
-    let mut out = Utf8Out {
-        pending: Vec::new(),
-    };
+    let mut stream = Utf8Stream::default();
     let mut text = String::new();
     for p in pieces {
-        out.push(p, &mut |s| text.push_str(s));
+        stream.push(p, &mut text);
     }
-    out.finish(&mut |s| text.push_str(s));
+    stream.finish(&mut text);
     text
 }
 
@@ -497,17 +415,18 @@ pub struct AllocCount {
     pub allocations: u64,
 }
 
-/// Decoded tokens not counted at the start of a generation (the first decode grows
-/// the session's single-token buffers and the sampler's candidate list).
+/// Decoded tokens not counted at the start of a generation (the buffers are sized up
+/// front, so this is a margin, not a need).
 const WARM_UP_TOKENS: usize = 2;
 
 #[allow(clippy::too_many_arguments)]
-/// Runs `prompt` (appended to what `m`'s session holds) and generates up to
-/// `max_tokens`, streaming to the console unless `bench`. The prompt is evaluated in
-/// [`prefill_pieces`] and input is polled between pieces and between tokens, so
-/// Ctrl-C stops both the prefill and the decode. The decode loop allocates nothing:
-/// the token and latency lists are sized up front and the text is put together at
-/// the end (the returned counts prove it).
+/// Runs `prompt` (appended to what `m`'s session holds) through the engine's
+/// [`Generator`] and generates up to `max_tokens`, streaming to the console unless
+/// `bench` (which also goes on past end-of-generation tokens). The prompt is evaluated
+/// in pieces of [`PREFILL_PIECE`] tokens and input is polled between pieces and between
+/// tokens (the generator's cancel check), so Ctrl-C stops both the prefill and the
+/// decode. The generator allocates nothing per decoded token; the cancel check, which
+/// runs once per token, counts the heap's allocations to prove it.
 fn run(
     name: &str,
     m: &mut Loaded,
@@ -517,127 +436,47 @@ fn run(
     bench: bool,
     perf: &mut Perf,
 ) -> Result<Generation, String> {
-    let clock = TscClock;
-    let t0 = clock.now_us();
-    let session = &mut m.session;
-    if prompt.is_empty() && session.pos() == 0 {
-        return Err(GenerateError::EmptyPrompt.to_string());
-    }
-    if session.pos() + prompt.len() > session.capacity() {
-        return Err(GenerateError::PromptTooLong {
-            prompt: prompt.len(),
-            pos: session.pos(),
-            capacity: session.capacity(),
-        }
-        .to_string());
-    }
     let threads = parallel::threads();
     let _hot = parallel::HotPool::new();
     let heap_before = crate::mem::stats().heap_used;
     crate::mem::reset_peak();
-    let mut sampler = Sampler::new(sampler);
-    let mut tokens: Vec<u32> = Vec::with_capacity(max_tokens + 1);
-    let mut latencies: Vec<u64> = Vec::with_capacity(max_tokens + 1);
-    let mut utf8 = Utf8Out {
-        pending: Vec::with_capacity(64),
-    };
-    let mut stats = GenerationStats::default();
-
-    let mut stop = None;
-    for r in prefill_pieces(prompt.len(), PREFILL_PIECE) {
-        if interrupted() {
-            stop = Some(StopReason::Cancelled);
-            break;
-        }
-        m.model
-            .forward(session, &prompt[r.clone()], &CpuPool)
-            .map_err(|e| e.to_string())?;
-        stats.prompt_tokens = r.end;
-    }
-    stats.prefill_us = clock.now_us().saturating_sub(t0);
-
-    let print = |s: &str| {
-        if !bench {
-            print!("{s}");
-        }
-    };
-    let mut last = clock.now_us();
-    let mut first_token_at = None;
+    let mut generator = Generator::new(Sampler::new(sampler), max_tokens);
+    generator.prefill_piece = PREFILL_PIECE;
+    generator.ignore_eog = bench;
     let mut allocs = AllocCount::default();
     let mut allocs_at = 0u64;
-    let stop = match stop {
-        Some(s) => s,
-        None => loop {
-            if tokens.len() >= max_tokens {
-                break StopReason::MaxTokens;
-            }
-            let token = sampler
-                .sample(session.logits(), session.tokens())
-                .ok_or_else(|| GenerateError::NoCandidates.to_string())?;
-            let now = clock.now_us();
-            if first_token_at.is_none() {
-                first_token_at = Some(now);
-                stats.ttft_us = now.saturating_sub(t0);
-            } else {
-                latencies.push(now.saturating_sub(last));
-            }
-            last = now;
-            // Allocations since the previous token (its forward pass, this sampling,
-            // the streaming), once the warm-up tokens are past.
-            let count = crate::mem::allocations();
-            if tokens.len() > WARM_UP_TOKENS {
-                allocs.tokens += 1;
-                allocs.allocations += count - allocs_at;
-            }
-            allocs_at = count;
-            tokens.push(token);
-            if !bench && m.tokenizer.is_eog(token) {
-                break StopReason::EndOfGeneration(token);
-            }
-            utf8.push(m.tokenizer.token_to_piece(token, false), &mut |s| print(s));
-            if interrupted() {
-                break StopReason::Cancelled;
-            }
-            if tokens.len() >= max_tokens {
-                break StopReason::MaxTokens;
-            }
-            if session.pos() >= session.capacity() {
-                break StopReason::ContextFull;
-            }
-            m.model
-                .forward(session, &[token], &CpuPool)
-                .map_err(|e| e.to_string())?;
-        },
-    };
-    if stop != StopReason::Cancelled {
-        utf8.finish(&mut |s| print(s));
-    }
-    if let Some(t) = first_token_at {
-        stats.decode_us = last.saturating_sub(t);
-    }
-    stats.generated_tokens = tokens.len();
-    stats.token_latencies_us = latencies;
-    // The text as streamed: the same bytes through the same UTF-8 rules, in one go.
-    let mut all = Vec::new();
-    for &t in &tokens {
-        if !m.tokenizer.is_eog(t) || bench {
-            all.extend_from_slice(m.tokenizer.token_to_piece(t, false));
-        }
-    }
-    let mut text = String::new();
-    let mut whole = Utf8Out { pending: all };
-    whole.push(&[], &mut |s| text.push_str(s));
-    if stop != StopReason::Cancelled {
-        whole.finish(&mut |s| text.push_str(s));
-    }
+    let g = generator
+        .run_with(
+            &m.model,
+            &mut m.session,
+            &m.tokenizer,
+            prompt,
+            &CpuPool,
+            &TscClock,
+            &mut |s| {
+                if !bench {
+                    print!("{s}");
+                }
+                true
+            },
+            &mut |c| {
+                if let Checkpoint::Decode { generated } = c {
+                    // Allocations since the previous checkpoint: one decoded token's
+                    // forward pass and the next token's sampling and streaming, counted
+                    // once the first WARM_UP_TOKENS tokens are out.
+                    let count = crate::mem::allocations();
+                    if generated > WARM_UP_TOKENS {
+                        allocs.tokens += 1;
+                        allocs.allocations += count - allocs_at;
+                    }
+                    allocs_at = count;
+                }
+                interrupted()
+            },
+        )
+        .map_err(|e| e.to_string())?;
     let peak = crate::mem::peak_bytes().saturating_sub(heap_before);
     m.peak_generation_bytes = m.peak_generation_bytes.max(peak);
-    let g = Generation {
-        tokens,
-        text,
-        stop,
-        stats,
-    };
     perf.record(Figures::new(name, threads, &g.stats), &g.stats, allocs);
     Ok(g)
 }

@@ -485,7 +485,7 @@ fn test_latency_stats() -> Result<(), String> {
 }
 
 fn test_prefill_pieces() -> Result<(), String> {
-    use crate::infer::prefill_pieces;
+    use embodios_engine::generate::prefill_pieces;
     // Pieces cover the prompt in order, never straddle a 512-token micro-batch, and keep
     // every token in the rounding class (1, 2-7, 8+ tokens) of its micro-batch.
     for piece in [8, 16, 100] {

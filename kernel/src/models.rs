@@ -8,7 +8,10 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use embodios_engine::{ChatTemplate, Model, ModelOptions, Session};
+use embodios_engine::generate::largest_prefill_piece;
+use embodios_engine::{
+    ChatTemplate, Model, ModelOptions, Sampler, SamplerConfig, Session, SessionOptions,
+};
 use embodios_gguf::{GgmlType, GgufFile};
 use embodios_tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
@@ -368,30 +371,23 @@ fn check(bytes: &'static [u8], manifest: Option<&ManifestEntry>) -> Result<Summa
     })
 }
 
-/// What a session of `model` will take from the heap: (KV cache, everything else the
-/// session and a generation on it allocate). Mirrors the engine's session buffers:
-/// per-token activation buffers for the largest prefill piece, logits, attention
-/// scratch per core, the token list, and the sampler's candidate list.
+/// How the kernel sizes a model's session: attention scratch for every online core,
+/// batch buffers for the largest prefill piece the generator cuts.
+fn session_options() -> SessionOptions {
+    SessionOptions {
+        workers: crate::arch::x86_64::smp::online_cpus().max(1),
+        max_batch: largest_prefill_piece(crate::infer::PREFILL_PIECE),
+    }
+}
+
+/// What a session of `model` will take from the heap, as the engine sizes it: (KV
+/// cache, everything else the session and a generation on it allocate: its buffers and
+/// the sampler's).
 fn session_bytes(model: &Model<'_>) -> (u64, u64) {
-    let c = &model.config;
-    let ctx = model.context_len() as u64;
-    let kv = 2 * (c.n_layer as u64) * (c.kv_dim() as u64) * ctx * 2;
-    let (e, qd, kvd, ff) = (
-        c.n_embd as u64,
-        c.q_dim() as u64,
-        c.kv_dim() as u64,
-        c.n_ff as u64,
-    );
-    let widest = e.max(ff).max(qd);
-    let widest_set = (qd + 2 * kvd).max(2 * ff).max(e);
-    let per_token = 4 * (4 * e + 2 * qd + 2 * kvd + 2 * ff + widest_set + 2 * c.rope_dims as u64)
-        + 3 * (widest * 4 + 64);
-    let piece = (crate::infer::PREFILL_PIECE + 7) as u64;
-    let cores = crate::arch::x86_64::smp::online_cpus().max(1) as u64;
-    let heads = cores * (ctx * 6 + c.head_dim as u64 * 2);
-    let vocab = c.vocab_size as u64;
-    let buffers = per_token * piece + vocab * 4 + heads + ctx * 4 + vocab * 8;
-    (kv, buffers)
+    let bytes = model.session_bytes(session_options());
+    let sampler = Sampler::new(SamplerConfig::default())
+        .reserved_bytes(model.config.vocab_size, model.context_len());
+    (bytes.kv_cache as u64, (bytes.buffers + sampler) as u64)
 }
 
 /// The tokenizer's tables take at most about this many times the metadata that holds
@@ -561,7 +557,10 @@ impl Registry {
             .map_err(|e| engine(format!("cannot build the tokenizer: {e}")))?;
         let template = ChatTemplate::from_gguf(&file).map_err(|e| e.to_string());
         let free2 = free_heap();
-        let session = model.new_session();
+        // Sized up front and reserved with `try_reserve`: a failure is a refusal.
+        let session = model
+            .try_new_session(session_options())
+            .map_err(|_| refuse(Some(block)))?;
         let free3 = free_heap();
         drop(file);
         let file_tables = free_heap().saturating_sub(free3);

@@ -115,6 +115,12 @@ pub trait TokenSink {
     /// Receives the next piece of final text. Returns `false` when the client is gone:
     /// the backend must stop generating and return promptly.
     fn text(&mut self, piece: &str) -> bool;
+
+    /// Whether the client is gone, checked without sending anything; a backend asks
+    /// between pieces of the prompt and between tokens, and stops when it is.
+    fn gone(&mut self) -> bool {
+        false
+    }
 }
 
 /// Why generation ended.

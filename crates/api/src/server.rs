@@ -791,6 +791,10 @@ impl TokenSink for Collect<'_> {
     fn text(&mut self, _piece: &str) -> bool {
         !self.0.client_gone()
     }
+
+    fn gone(&mut self) -> bool {
+        self.0.client_gone()
+    }
 }
 
 /// Writes a streamed response piece by piece: NDJSON lines for Ollama, server-sent
@@ -967,5 +971,12 @@ impl TokenSink for Streamer<'_> {
         let v = self.chunk_value(Some(piece));
         self.send_value(&v);
         self.alive
+    }
+
+    fn gone(&mut self) -> bool {
+        if self.alive && self.out.client_gone() {
+            self.alive = false;
+        }
+        !self.alive
     }
 }

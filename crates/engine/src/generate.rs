@@ -1,15 +1,18 @@
-//! The generation loop: prefill a prompt, then sample and evaluate tokens one at a time,
-//! streaming text out and stopping on end-of-generation tokens, a token budget or stop
-//! strings, while recording timings through a caller-supplied [`Clock`].
+//! The generation loop: prefill a prompt (in pieces, so that it can be cancelled),
+//! then sample and evaluate tokens one at a time, streaming text out and stopping on
+//! end-of-generation tokens, a token budget, stop strings or the caller's cancel check,
+//! while recording timings through a caller-supplied [`Clock`]. After its first tokens
+//! a generation allocates nothing per decoded token: its buffers are sized up front.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::model::Model;
+use crate::ops::DotOrder;
 use crate::parallel::Parallel;
 use crate::sampler::Sampler;
-use crate::session::{EngineError, Session};
+use crate::session::{EngineError, Session, UBATCH};
 
 /// A monotonic clock in microseconds (the engine has no `std::time`).
 pub trait Clock {
@@ -55,7 +58,9 @@ pub enum StopReason {
     MaxTokens,
     /// The text contained `stop[index]` (the stop string and what follows is not streamed).
     StopString(usize),
-    /// The callback asked to stop.
+    /// The text callback or the cancel check asked to stop. When that happened during
+    /// the prompt, no token was generated and the session is back where it was before
+    /// the call.
     Cancelled,
     /// The session's context is full.
     ContextFull,
@@ -75,6 +80,12 @@ pub enum GenerateError {
     Engine(EngineError),
     /// The sampler got no usable logits (all NaN).
     NoCandidates,
+    /// The generation's buffers (token list, sampler candidates) could not be
+    /// allocated; nothing was evaluated.
+    OutOfMemory {
+        /// Bytes asked for.
+        bytes: usize,
+    },
 }
 
 impl fmt::Display for GenerateError {
@@ -94,6 +105,10 @@ impl fmt::Display for GenerateError {
             GenerateError::NoCandidates => {
                 f.write_str("the model produced no usable logits (all NaN)")
             }
+            GenerateError::OutOfMemory { bytes } => write!(
+                f,
+                "out of memory: the generation's buffers need {bytes} bytes"
+            ),
         }
     }
 }
@@ -109,6 +124,7 @@ impl From<EngineError> for GenerateError {
 /// Timings and counts of one generation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GenerationStats {
+    /// Prompt tokens evaluated (fewer than the prompt's when it was cancelled).
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     /// Prefill time (prompt evaluation), microseconds.
@@ -152,6 +168,61 @@ pub struct Generation {
     pub stats: GenerationStats,
 }
 
+/// Where a generation is when it polls its cancel check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Before evaluating the next piece of the prompt: `evaluated` of `total` tokens
+    /// are done.
+    Prefill { evaluated: usize, total: usize },
+    /// Before evaluating the `generated`-th sampled token (its text is streamed).
+    Decode { generated: usize },
+}
+
+/// Prompt tokens per prefill piece by default: the cancel check runs between pieces,
+/// and the session's batch buffers are sized for one piece.
+pub const DEFAULT_PREFILL_PIECE: usize = 64;
+
+/// The pieces (`start..end`) [`Generator`] evaluates a prompt of `n` tokens in, about
+/// `piece` tokens each. [`Model::forward`] splits one call into micro-batches of 512
+/// tokens and rounds a batch according to its size ([`DotOrder::for_batch`]), so the
+/// pieces never straddle a micro-batch and every piece is in the same rounding class
+/// as its micro-batch: a remainder of another class joins the piece before it, and a
+/// micro-batch that a piece of `piece` tokens would round differently stays whole.
+/// The logits and the cache are then bit for bit those of one call over the prompt.
+pub fn prefill_pieces(n: usize, piece: usize) -> impl Iterator<Item = core::ops::Range<usize>> {
+    let piece = piece.max(1);
+    let (mut at, mut ub_start, mut ub_end) = (0, 0, 0);
+    core::iter::from_fn(move || {
+        if at >= n {
+            return None;
+        }
+        if at >= ub_end {
+            ub_start = at;
+            ub_end = (at + UBATCH).min(n);
+        }
+        let class = DotOrder::for_batch(ub_end - ub_start);
+        let mut end = (at + piece).min(ub_end);
+        if DotOrder::for_batch(end - at) != class
+            || (end < ub_end && DotOrder::for_batch(ub_end - end) != class)
+        {
+            end = ub_end;
+        }
+        let r = at..end;
+        at = end;
+        Some(r)
+    })
+}
+
+/// The longest piece [`prefill_pieces`] cuts with `piece` (what a session's batch
+/// buffers need room for, see [`crate::session::SessionOptions::max_batch`]).
+pub fn largest_prefill_piece(piece: usize) -> usize {
+    (1..=UBATCH)
+        .flat_map(|n| prefill_pieces(n, piece))
+        .map(|r| r.len())
+        .max()
+        .unwrap_or(1)
+}
+
 /// Generation settings plus the sampler.
 #[derive(Clone, Debug)]
 pub struct Generator {
@@ -160,17 +231,25 @@ pub struct Generator {
     pub max_tokens: usize,
     /// Text that ends generation when it appears in the output.
     pub stop: Vec<String>,
+    /// Prompt tokens per prefill piece (see [`prefill_pieces`]; fewer than 8 makes a
+    /// micro-batch of 8 or more one piece).
+    pub prefill_piece: usize,
+    /// Go on past end-of-generation tokens (streamed as their text), as a benchmark
+    /// does.
+    pub ignore_eog: bool,
 }
 
 /// Turns token bytes into text: emits whole UTF-8 characters, keeps an incomplete
-/// trailing sequence for the next token, and replaces invalid bytes with U+FFFD.
+/// trailing sequence for the next token, and replaces invalid bytes with U+FFFD (what
+/// [`Generator`] streams).
 #[derive(Clone, Debug, Default)]
-struct Utf8Stream {
+pub struct Utf8Stream {
     pending: Vec<u8>,
 }
 
 impl Utf8Stream {
-    fn push(&mut self, bytes: &[u8], out: &mut String) {
+    /// Appends the text `bytes` complete to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut String) {
         self.pending.extend_from_slice(bytes);
         let mut start = 0;
         loop {
@@ -200,7 +279,8 @@ impl Utf8Stream {
         self.pending.drain(..start);
     }
 
-    fn finish(&mut self, out: &mut String) {
+    /// Ends the stream: an unfinished sequence becomes U+FFFD.
+    pub fn finish(&mut self, out: &mut String) {
         if !self.pending.is_empty() {
             out.push('\u{FFFD}');
             self.pending.clear();
@@ -255,19 +335,104 @@ impl StopFilter<'_> {
     }
 }
 
+/// Bytes the text buffers start with (a token longer than that grows them once).
+const TEXT_BUFFER: usize = 256;
+
+/// A token's bytes to streamed text: UTF-8 assembly, then the stop-string filter. The
+/// buffers are reused from token to token.
+struct TextStream<'s> {
+    utf8: Utf8Stream,
+    filter: StopFilter<'s>,
+    bytes: Vec<u8>,
+    piece: String,
+    emit: String,
+}
+
+/// What one token's text did.
+enum Fed {
+    Go,
+    /// The sink asked to stop.
+    Cancelled,
+    /// `stop[i]` appeared.
+    StopString(usize),
+}
+
+impl<'s> TextStream<'s> {
+    fn new(stops: &'s [String]) -> Result<Self, GenerateError> {
+        let longest = stops.iter().map(String::len).max().unwrap_or(0);
+        let oom = |_| GenerateError::OutOfMemory {
+            bytes: 4 * TEXT_BUFFER + longest,
+        };
+        let mut t = Self {
+            utf8: Utf8Stream::default(),
+            filter: StopFilter {
+                stops,
+                held: String::new(),
+            },
+            bytes: Vec::new(),
+            piece: String::new(),
+            emit: String::new(),
+        };
+        t.utf8.pending.try_reserve(TEXT_BUFFER).map_err(oom)?;
+        t.filter
+            .held
+            .try_reserve(TEXT_BUFFER + longest)
+            .map_err(oom)?;
+        t.bytes.try_reserve(TEXT_BUFFER).map_err(oom)?;
+        t.piece.try_reserve(TEXT_BUFFER).map_err(oom)?;
+        t.emit.try_reserve(TEXT_BUFFER + longest).map_err(oom)?;
+        Ok(t)
+    }
+
+    /// Streams `token`'s text to `sink`.
+    fn feed(
+        &mut self,
+        detok: &dyn Detokenize,
+        token: u32,
+        sink: &mut dyn FnMut(&str) -> bool,
+    ) -> Fed {
+        self.bytes.clear();
+        detok.token_bytes(token, &mut self.bytes);
+        self.piece.clear();
+        self.utf8.push(&self.bytes, &mut self.piece);
+        self.emit.clear();
+        let hit = self.filter.push(&self.piece, &mut self.emit);
+        if !self.emit.is_empty() && !sink(&self.emit) {
+            return Fed::Cancelled;
+        }
+        match hit {
+            Some(i) => Fed::StopString(i),
+            None => Fed::Go,
+        }
+    }
+
+    /// Streams what was held back (an unfinished character, a possible stop prefix).
+    fn finish(&mut self, sink: &mut dyn FnMut(&str) -> bool) {
+        self.piece.clear();
+        self.utf8.finish(&mut self.piece);
+        self.emit.clear();
+        let hit = self.filter.push(&self.piece, &mut self.emit);
+        if hit.is_none() {
+            self.emit.push_str(&self.filter.held);
+        }
+        if !self.emit.is_empty() {
+            sink(&self.emit);
+        }
+    }
+}
+
 impl Generator {
     pub fn new(sampler: Sampler, max_tokens: usize) -> Self {
         Self {
             sampler,
             max_tokens,
             stop: Vec::new(),
+            prefill_piece: DEFAULT_PREFILL_PIECE,
+            ignore_eog: false,
         }
     }
 
-    /// Evaluates `prompt` (appended to whatever the session holds), then generates.
-    /// `on_text` receives each piece of text as it becomes final and returns `false`
-    /// to stop. The last sampled token is not evaluated into the session (as in
-    /// llama.cpp); `session.tokens()` shows what the cache holds.
+    /// [`Generator::run_with`] without a cancel check (`on_text` can still stop it).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
@@ -279,45 +444,107 @@ impl Generator {
         clock: &dyn Clock,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation, GenerateError> {
+        self.run_with(
+            model,
+            session,
+            detok,
+            prompt,
+            par,
+            clock,
+            on_text,
+            &mut |_| false,
+        )
+    }
+
+    /// Evaluates `prompt` (appended to whatever the session holds) in
+    /// [`prefill_pieces`], then generates. `on_text` receives each piece of text as it
+    /// becomes final and returns `false` to stop; `cancel` is polled before every
+    /// prefill piece and before evaluating every sampled token, and returns `true` to
+    /// stop. A prompt stopped part way is taken back out of the session (which then
+    /// holds what it held before the call, logits included), so the next call works.
+    /// The last sampled token is not evaluated into the session (as in llama.cpp);
+    /// `session.tokens()` shows what the cache holds.
+    ///
+    /// Every buffer the loop needs is sized before the prompt is evaluated (the token
+    /// and latency lists for the most tokens the budget and context allow, the
+    /// sampler's candidates, the text buffers), and the returned text is put together
+    /// after the loop from the tokens, so decoding a token allocates nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with(
+        &mut self,
+        model: &Model<'_>,
+        session: &mut Session,
+        detok: &dyn Detokenize,
+        prompt: &[u32],
+        par: &dyn Parallel,
+        clock: &dyn Clock,
+        on_text: &mut dyn FnMut(&str) -> bool,
+        cancel: &mut dyn FnMut(Checkpoint) -> bool,
+    ) -> Result<Generation, GenerateError> {
         let t0 = clock.now_us();
-        if prompt.is_empty() && session.pos() == 0 {
+        let start = session.pos();
+        if prompt.is_empty() && start == 0 {
             return Err(GenerateError::EmptyPrompt);
         }
-        if session.pos() + prompt.len() > session.capacity() {
+        if start + prompt.len() > session.capacity() {
             return Err(GenerateError::PromptTooLong {
                 prompt: prompt.len(),
-                pos: session.pos(),
+                pos: start,
                 capacity: session.capacity(),
             });
         }
-        let mut stats = GenerationStats {
-            prompt_tokens: prompt.len(),
-            ..GenerationStats::default()
-        };
-        if !prompt.is_empty() {
-            model.forward(session, prompt, par)?;
+        // Every sampled token but the last takes a position.
+        let budget = self
+            .max_tokens
+            .min(session.capacity() - start - prompt.len() + 1);
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut latencies: Vec<u64> = Vec::new();
+        let vocab = model.config.vocab_size;
+        let oom = |bytes: usize| move |_| GenerateError::OutOfMemory { bytes };
+        tokens.try_reserve_exact(budget).map_err(oom(budget * 4))?;
+        latencies
+            .try_reserve_exact(budget)
+            .map_err(oom(budget * 8))?;
+        self.sampler
+            .reserve(vocab, session.capacity())
+            .map_err(oom(self.sampler.reserved_bytes(vocab, session.capacity())))?;
+        let mut text = TextStream::new(&self.stop)?;
+
+        let mut stats = GenerationStats::default();
+        let mut cancelled = false;
+        for r in prefill_pieces(prompt.len(), self.prefill_piece) {
+            if cancel(Checkpoint::Prefill {
+                evaluated: r.start,
+                total: prompt.len(),
+            }) {
+                cancelled = true;
+                break;
+            }
+            // Only the last piece needs the vocabulary's logits.
+            let last = r.end == prompt.len();
+            if let Err(e) = model.evaluate(session, &prompt[r.clone()], last, par) {
+                session.truncate(start);
+                return Err(e.into());
+            }
+            stats.prompt_tokens = r.end;
         }
         stats.prefill_us = clock.now_us().saturating_sub(t0);
+        if cancelled {
+            // The pieces evaluated so far are valid, but the session's logits are still
+            // those of `start` (no piece computed any): go back there.
+            session.truncate(start);
+            return Ok(Generation {
+                tokens,
+                text: String::new(),
+                stop: StopReason::Cancelled,
+                stats,
+            });
+        }
 
-        let mut out = Generation {
-            tokens: Vec::new(),
-            text: String::new(),
-            stop: StopReason::MaxTokens,
-            stats: GenerationStats::default(),
-        };
-        let mut utf8 = Utf8Stream::default();
-        let mut filter = StopFilter {
-            stops: &self.stop,
-            held: String::new(),
-        };
-        let mut bytes = Vec::new();
-        let mut piece = String::new();
-        let mut emit = String::new();
         let mut last = clock.now_us();
         let mut first_token_at = None;
-
         let stop = loop {
-            if out.tokens.len() >= self.max_tokens {
+            if tokens.len() >= self.max_tokens {
                 break StopReason::MaxTokens;
             }
             let token = self
@@ -329,57 +556,67 @@ impl Generator {
                 first_token_at = Some(now);
                 stats.ttft_us = now.saturating_sub(t0);
             } else {
-                stats.token_latencies_us.push(now.saturating_sub(last));
+                latencies.push(now.saturating_sub(last));
             }
             last = now;
-            out.tokens.push(token);
-            if detok.is_eog(token) {
+            tokens.push(token);
+            if !self.ignore_eog && detok.is_eog(token) {
                 break StopReason::EndOfGeneration(token);
             }
-            bytes.clear();
-            detok.token_bytes(token, &mut bytes);
-            piece.clear();
-            utf8.push(&bytes, &mut piece);
-            emit.clear();
-            let hit = filter.push(&piece, &mut emit);
-            if !emit.is_empty() {
-                out.text.push_str(&emit);
-                if !on_text(&emit) {
-                    break StopReason::Cancelled;
-                }
+            match text.feed(detok, token, on_text) {
+                Fed::Go => {}
+                Fed::Cancelled => break StopReason::Cancelled,
+                Fed::StopString(i) => break StopReason::StopString(i),
             }
-            if let Some(i) = hit {
-                break StopReason::StopString(i);
-            }
-            if out.tokens.len() >= self.max_tokens {
+            if tokens.len() >= self.max_tokens {
                 break StopReason::MaxTokens;
             }
             if session.pos() >= session.capacity() {
                 break StopReason::ContextFull;
             }
+            if cancel(Checkpoint::Decode {
+                generated: tokens.len(),
+            }) {
+                break StopReason::Cancelled;
+            }
             model.forward(session, &[token], par)?;
         };
-        // Flush what was held back unless a stop string cut it off.
-        if !matches!(stop, StopReason::StopString(_) | StopReason::Cancelled) {
-            piece.clear();
-            utf8.finish(&mut piece);
-            emit.clear();
-            let hit = filter.push(&piece, &mut emit);
-            if hit.is_none() {
-                emit.push_str(&filter.held);
-            }
-            if !emit.is_empty() {
-                out.text.push_str(&emit);
-                on_text(&emit);
-            }
+        // Flush what was held back unless a stop string or the caller cut it off.
+        let flush = !matches!(stop, StopReason::StopString(_) | StopReason::Cancelled);
+        if flush {
+            text.finish(on_text);
         }
         if let Some(t) = first_token_at {
             stats.decode_us = last.saturating_sub(t);
         }
-        stats.generated_tokens = out.tokens.len();
-        out.stop = stop;
-        out.stats = stats;
-        Ok(out)
+        stats.generated_tokens = tokens.len();
+        stats.token_latencies_us = latencies;
+        // The streamed text, put together again from the same tokens through the same
+        // steps (deterministic, so it is exactly what `on_text` received) now that
+        // allocating does not matter.
+        let mut all = String::new();
+        let mut again = TextStream::new(&self.stop)?;
+        let mut collect = |s: &str| {
+            all.push_str(s);
+            true
+        };
+        for &t in &tokens {
+            if !self.ignore_eog && detok.is_eog(t) {
+                break;
+            }
+            if let Fed::StopString(_) = again.feed(detok, t, &mut collect) {
+                break;
+            }
+        }
+        if flush {
+            again.finish(&mut collect);
+        }
+        Ok(Generation {
+            tokens,
+            text: all,
+            stop,
+            stats,
+        })
     }
 }
 

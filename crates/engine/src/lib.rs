@@ -61,10 +61,11 @@ pub mod testmodel;
 pub use chat::{ChatTemplate, ChatTemplateError, Message};
 pub use families::Family;
 pub use generate::{
-    Clock, Detokenize, GenerateError, Generation, GenerationStats, Generator, NoClock, StopReason,
+    Checkpoint, Clock, Detokenize, GenerateError, Generation, GenerationStats, Generator, NoClock,
+    StopReason,
 };
 pub use matmul::matmul;
 pub use model::{Config, LoadError, Model, ModelOptions, WeightMatrix};
 pub use parallel::{Parallel, Sequential};
 pub use sampler::{Sampler, SamplerConfig};
-pub use session::{EngineError, KvCache, Session};
+pub use session::{EngineError, KvCache, Session, SessionBytes, SessionError, SessionOptions};

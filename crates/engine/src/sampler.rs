@@ -1,6 +1,7 @@
 //! Choosing the next token from logits: greedy, or llama.cpp's default chain
 //! (repetition penalties, top-k, top-p, min-p, temperature, then a seeded random draw).
 
+use alloc::collections::TryReserveError;
 use alloc::vec::Vec;
 
 /// Sampling settings. Defaults follow llama.cpp's common defaults.
@@ -107,6 +108,8 @@ pub struct Sampler {
     rng: Rng,
     candidates: Vec<Candidate>,
     probs: Vec<f32>,
+    /// The recent tokens, sorted, for the penalties (kept to reuse its memory).
+    seen: Vec<u32>,
 }
 
 /// Index of the largest value (the first one on ties), or `None` for an empty slice.
@@ -132,7 +135,29 @@ impl Sampler {
             rng,
             candidates: Vec::new(),
             probs: Vec::new(),
+            seen: Vec::new(),
         }
+    }
+
+    /// Sizes the sampler's buffers up front for a vocabulary of `vocab_size` tokens and
+    /// histories of up to `context` tokens, so that sampling allocates nothing
+    /// afterwards (the buffers would otherwise grow on the first calls).
+    pub fn reserve(&mut self, vocab_size: usize, context: usize) -> Result<(), TryReserveError> {
+        // `try_reserve_exact` counts from the length, which `sample` leaves anywhere.
+        let more = |len: usize, want: usize| want.saturating_sub(len);
+        self.candidates
+            .try_reserve_exact(more(self.candidates.len(), vocab_size))?;
+        self.probs
+            .try_reserve_exact(more(self.probs.len(), vocab_size))?;
+        let recent = self.config.repeat_last_n.min(context);
+        self.seen.try_reserve_exact(more(self.seen.len(), recent))?;
+        Ok(())
+    }
+
+    /// Bytes [`Sampler::reserve`] takes at most.
+    pub fn reserved_bytes(&self, vocab_size: usize, context: usize) -> usize {
+        vocab_size * (core::mem::size_of::<Candidate>() + 4)
+            + self.config.repeat_last_n.min(context) * 4
     }
 
     /// Restarts the random stream from the configured seed.
@@ -192,7 +217,9 @@ impl Sampler {
             return;
         }
         let recent = &history[history.len().saturating_sub(cfg.repeat_last_n)..];
-        let mut seen: Vec<u32> = recent.to_vec();
+        let seen = &mut self.seen;
+        seen.clear();
+        seen.extend_from_slice(recent);
         seen.sort_unstable();
         let mut i = 0;
         while i < seen.len() {

@@ -3,6 +3,7 @@
 //! assembled from the shared layers here (norms, projections with optional biases,
 //! attention with optional sliding window, gated or plain feed-forward).
 
+use alloc::collections::TryReserveError;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -22,7 +23,7 @@ use crate::parallel::Parallel;
 const ACT_SLOTS: usize = 3;
 
 /// llama.cpp's default micro-batch size (`n_ubatch`).
-const UBATCH: usize = 512;
+pub(crate) const UBATCH: usize = 512;
 
 /// Why a forward pass failed. The session is unchanged when `forward` returns an error
 /// before processing any token (overflow, bad token, empty input).
@@ -45,6 +46,9 @@ pub enum EngineError {
     SessionMismatch,
     /// A quantisation kernel rejected its input (cannot happen for a model that loaded).
     Kernel(QuantError),
+    /// The session's batch buffers could not grow to this many bytes for a larger batch
+    /// (nothing was evaluated).
+    OutOfMemory { bytes: usize },
 }
 
 impl fmt::Display for EngineError {
@@ -68,6 +72,11 @@ impl fmt::Display for EngineError {
                 f.write_str("the session was created for a different model")
             }
             EngineError::Kernel(e) => write!(f, "kernel error: {e}"),
+            EngineError::OutOfMemory { bytes } => write!(
+                f,
+                "out of memory: the batch buffers need {bytes} more bytes (evaluate the \
+                 prompt in smaller pieces)"
+            ),
         }
     }
 }
@@ -94,18 +103,33 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    fn new(n_layer: usize, n_head_kv: usize, head_dim: usize, capacity: usize) -> Self {
-        let per_layer = n_head_kv * head_dim * capacity;
-        Self {
+    /// A zeroed cache; `fallible` reserves with `try_reserve` (and writes the zeros)
+    /// instead of asking the allocator for zeroed memory, which cannot fail softly.
+    fn new(
+        n_layer: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        capacity: usize,
+        fallible: bool,
+    ) -> Result<Self, TryReserveError> {
+        let n = n_layer * n_head_kv * head_dim * capacity;
+        let zeroed = || -> Result<Vec<u16>, TryReserveError> {
+            if fallible {
+                filled(n, 0u16)
+            } else {
+                // Zeroed through the integer type, which the allocator can hand out as
+                // untouched zero pages: a long context costs memory only once it is used.
+                Ok(vec![0u16; n])
+            }
+        };
+        Ok(Self {
             n_layer,
             n_head_kv,
             head_dim,
             capacity,
-            // Zeroed through the integer type, which the allocator can hand out as
-            // untouched zero pages: a long context costs memory only once it is used.
-            k: vec![0u16; n_layer * per_layer].reinterpret_into(),
-            v: vec![0u16; n_layer * per_layer].reinterpret_into(),
-        }
+            k: zeroed()?.reinterpret_into(),
+            v: zeroed()?.reinterpret_into(),
+        })
     }
 
     /// Positions the cache can hold.
@@ -165,8 +189,20 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(c: &crate::model::Config, capacity: usize) -> Self {
+    /// Buffers for batches of `batch` tokens and attention scratch for `workers`
+    /// workers (attention never uses more workers than it has scratch for).
+    fn new(
+        c: &crate::model::Config,
+        capacity: usize,
+        workers: usize,
+        batch: usize,
+    ) -> Result<Self, TryReserveError> {
         let widest = c.n_embd.max(c.n_ff).max(c.q_dim());
+        let mut heads = Vec::new();
+        heads.try_reserve_exact(workers.max(1))?;
+        for _ in 0..workers.max(1) {
+            heads.push(spin::Mutex::new(HeadScratch::new(capacity, c.head_dim)?));
+        }
         let mut s = Self {
             cap: 0,
             // The largest activation format: f32, 4 bytes per element.
@@ -182,48 +218,131 @@ impl Scratch {
             gate: Vec::new(),
             up: Vec::new(),
             tmp: Vec::new(),
-            heads: HeadScratches(vec![spin::Mutex::new(HeadScratch::new(
-                capacity, c.head_dim,
-            ))]),
+            heads: HeadScratches(heads),
             rope: Vec::new(),
             rope_swa: Vec::new(),
             act: [Vec::new(), Vec::new(), Vec::new()],
             act_ty: [None; ACT_SLOTS],
-            logits: vec![0.0; c.vocab_size],
+            logits: filled(c.vocab_size, 0.0)?,
         };
-        s.reserve(c, 1);
-        s
+        s.reserve(c, batch.max(1))?;
+        Ok(s)
     }
 
-    /// Makes room for `tokens` tokens at once.
-    fn reserve(&mut self, c: &crate::model::Config, tokens: usize) {
+    /// Makes room for `tokens` tokens at once (on failure the buffers keep their size
+    /// or grow only partly, and `cap` is unchanged).
+    fn reserve(&mut self, c: &crate::model::Config, tokens: usize) -> Result<(), TryReserveError> {
         if tokens <= self.cap {
-            return;
+            return Ok(());
         }
         let n = tokens;
-        let grow = |v: &mut Vec<f32>, per: usize| v.resize(per * n, 0.0);
-        grow(&mut self.x, c.n_embd);
-        grow(&mut self.xn, c.n_embd);
-        grow(&mut self.q, c.q_dim());
-        grow(&mut self.k, c.kv_dim());
-        grow(&mut self.v, c.kv_dim());
-        grow(&mut self.attn, c.q_dim());
-        grow(&mut self.proj, c.n_embd);
-        grow(&mut self.ffn, c.n_embd);
-        grow(&mut self.gate, c.n_ff);
-        grow(&mut self.up, c.n_ff);
+        fn grow<T: Clone>(v: &mut Vec<T>, len: usize, zero: T) -> Result<(), TryReserveError> {
+            v.try_reserve_exact(len.saturating_sub(v.len()))?;
+            v.resize(len.max(v.len()), zero);
+            Ok(())
+        }
+        grow(&mut self.x, c.n_embd * n, 0.0)?;
+        grow(&mut self.xn, c.n_embd * n, 0.0)?;
+        grow(&mut self.q, c.q_dim() * n, 0.0)?;
+        grow(&mut self.k, c.kv_dim() * n, 0.0)?;
+        grow(&mut self.v, c.kv_dim() * n, 0.0)?;
+        grow(&mut self.attn, c.q_dim() * n, 0.0)?;
+        grow(&mut self.proj, c.n_embd * n, 0.0)?;
+        grow(&mut self.ffn, c.n_embd * n, 0.0)?;
+        grow(&mut self.gate, c.n_ff * n, 0.0)?;
+        grow(&mut self.up, c.n_ff * n, 0.0)?;
         let widest_set = (c.q_dim() + 2 * c.kv_dim()).max(2 * c.n_ff).max(c.n_embd);
         if n > 1 {
-            grow(&mut self.tmp, widest_set);
+            grow(&mut self.tmp, widest_set * n, 0.0)?;
         }
-        grow(&mut self.rope, c.rope_dims);
-        grow(&mut self.rope_swa, c.rope_dims);
+        grow(&mut self.rope, c.rope_dims * n, 0.0)?;
+        grow(&mut self.rope_swa, c.rope_dims * n, 0.0)?;
+        let act = self.act_width * n;
         for a in self.act.iter_mut() {
-            a.resize(self.act_width * n, 0);
+            grow(a, act, 0)?;
         }
         self.cap = n;
+        Ok(())
+    }
+
+    /// Bytes of the per-token buffers for `tokens` tokens (what [`Scratch::reserve`]
+    /// allocates).
+    fn bytes_for(c: &crate::model::Config, tokens: usize) -> usize {
+        let widest = c.n_embd.max(c.n_ff).max(c.q_dim());
+        let widest_set = (c.q_dim() + 2 * c.kv_dim()).max(2 * c.n_ff).max(c.n_embd);
+        let floats = 4 * c.n_embd
+            + 2 * c.q_dim()
+            + 2 * c.kv_dim()
+            + 2 * c.n_ff
+            + if tokens > 1 { widest_set } else { 0 }
+            + 2 * c.rope_dims;
+        tokens * (4 * floats + ACT_SLOTS * (widest * 4 + 64))
     }
 }
+
+/// A vector of `n` copies of `value`, reserved with `try_reserve` (fails instead of
+/// aborting when memory is short).
+fn filled<T: Clone>(n: usize, value: T) -> Result<Vec<T>, TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// How to size a session's buffers up front (see [`Model::try_new_session`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Workers that will share one position's attention (the `Parallel`'s threads);
+    /// attention uses at most this many (and at most one per head).
+    pub workers: usize,
+    /// The largest batch of tokens one `forward` call will evaluate; a larger call
+    /// grows the batch buffers then.
+    pub max_batch: usize,
+}
+
+/// What a session takes from the heap, part by part.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionBytes {
+    /// The KV cache.
+    pub kv_cache: usize,
+    /// Batch buffers, logits, attention scratch of every worker, the token list.
+    pub buffers: usize,
+}
+
+impl SessionBytes {
+    /// Both parts.
+    pub fn total(&self) -> usize {
+        self.kv_cache.saturating_add(self.buffers)
+    }
+}
+
+/// Why a session could not be created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionError {
+    /// An allocation failed; `needed` is what the whole session takes.
+    OutOfMemory {
+        /// The buffer whose allocation failed.
+        part: &'static str,
+        needed: SessionBytes,
+    },
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::OutOfMemory { part, needed } => write!(
+                f,
+                "out of memory allocating the {part}: the session needs {} KiB (KV cache {} \
+                 KiB, buffers {} KiB)",
+                needed.total().div_ceil(1024),
+                needed.kv_cache.div_ceil(1024),
+                needed.buffers.div_ceil(1024)
+            ),
+        }
+    }
+}
+
+impl core::error::Error for SessionError {}
 
 /// One conversation's state: its KV cache, position and scratch space.
 #[derive(Clone, Debug)]
@@ -243,17 +362,49 @@ pub struct Session {
 }
 
 impl Session {
-    /// A fresh session for `model`, holding up to `model.context_len()` tokens.
+    /// A fresh session for `model`, holding up to `model.context_len()` tokens, with
+    /// attention scratch for as many workers as attention can use (one per head).
+    /// Aborts if memory is short; [`Model::try_new_session`] fails softly instead.
     pub fn new(model: &Model<'_>) -> Self {
+        let options = SessionOptions {
+            workers: MAX_ATTENTION_WORKERS,
+            max_batch: 1,
+        };
+        match Self::build(model, options, false) {
+            Ok(s) => s,
+            Err(_) => alloc::alloc::handle_alloc_error(core::alloc::Layout::new::<Session>()),
+        }
+    }
+
+    fn build(
+        model: &Model<'_>,
+        options: SessionOptions,
+        fallible: bool,
+    ) -> Result<Self, SessionError> {
         let c = &model.config;
         let capacity = model.context_len();
-        Self {
-            cache: KvCache::new(c.n_layer, c.n_head_kv, c.head_dim, capacity),
+        let workers = options
+            .workers
+            .clamp(1, c.n_head.clamp(1, MAX_ATTENTION_WORKERS));
+        let oom = |part| SessionError::OutOfMemory {
+            part,
+            needed: model.session_bytes(options),
+        };
+        let cache = KvCache::new(c.n_layer, c.n_head_kv, c.head_dim, capacity, fallible)
+            .map_err(|_| oom("KV cache"))?;
+        let scratch = Scratch::new(c, capacity, workers, options.max_batch)
+            .map_err(|_| oom("session buffers"))?;
+        let mut tokens = Vec::new();
+        tokens
+            .try_reserve_exact(capacity)
+            .map_err(|_| oom("token list"))?;
+        Ok(Self {
+            cache,
             pos: 0,
-            scratch: Scratch::new(c, capacity),
-            tokens: Vec::with_capacity(capacity),
+            scratch,
+            tokens,
             trace: None,
-        }
+        })
     }
 
     /// Tokens currently in the context (the position the next token gets).
@@ -302,6 +453,7 @@ impl Session {
     }
 
     /// The logits of the last evaluated position (empty before the first `forward`).
+    /// [`Model::evaluate`] without logits leaves those of an earlier position here.
     pub fn logits(&self) -> &[f32] {
         if self.pos == 0 {
             &[]
@@ -325,12 +477,12 @@ struct HeadScratch {
 }
 
 impl HeadScratch {
-    fn new(capacity: usize, head_dim: usize) -> Self {
-        Self {
-            scores: vec![0.0; capacity],
-            probs16: vec![f16::ZERO; capacity],
-            q16: vec![f16::ZERO; head_dim],
-        }
+    fn new(capacity: usize, head_dim: usize) -> Result<Self, TryReserveError> {
+        Ok(Self {
+            scores: filled(capacity, 0.0)?,
+            probs16: filled(capacity, f16::ZERO)?,
+            q16: filled(head_dim, f16::ZERO)?,
+        })
     }
 }
 
@@ -475,6 +627,28 @@ impl Model<'_> {
         Session::new(self)
     }
 
+    /// A new session with every buffer sized up front for `options` (so neither a
+    /// prefill in batches of up to `options.max_batch` tokens nor decoding allocates),
+    /// each allocation reserved with `try_reserve`: memory that is short gives
+    /// [`SessionError::OutOfMemory`] instead of an abort, and nothing stays allocated.
+    pub fn try_new_session(&self, options: SessionOptions) -> Result<Session, SessionError> {
+        Session::build(self, options, true)
+    }
+
+    /// What [`Model::try_new_session`] allocates for `options`.
+    pub fn session_bytes(&self, options: SessionOptions) -> SessionBytes {
+        let c = &self.config;
+        let ctx = self.context_len();
+        let workers = options
+            .workers
+            .clamp(1, c.n_head.clamp(1, MAX_ATTENTION_WORKERS));
+        let kv_cache = 2 * c.n_layer * c.kv_dim() * ctx * 2;
+        let heads = workers * (ctx * 6 + c.head_dim * 2);
+        let buffers =
+            Scratch::bytes_for(c, options.max_batch.max(1)) + c.vocab_size * 4 + heads + ctx * 4;
+        SessionBytes { kv_cache, buffers }
+    }
+
     /// Evaluates `tokens` at the session's next positions, appends them to its cache and
     /// returns the logits of the last one. Nothing is evaluated if any check fails.
     pub fn forward<'s>(
@@ -483,6 +657,20 @@ impl Model<'_> {
         tokens: &[u32],
         par: &dyn Parallel,
     ) -> Result<&'s [f32], EngineError> {
+        self.evaluate(session, tokens, true, par)?;
+        Ok(&session.scratch.logits)
+    }
+
+    /// [`Model::forward`] that computes the last token's logits only when `logits` is
+    /// set (a prefill piece that is not the last skips the vocabulary product; the
+    /// session's logits then still belong to the position before `tokens`).
+    pub fn evaluate(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        logits: bool,
+        par: &dyn Parallel,
+    ) -> Result<(), EngineError> {
         let c = &self.config;
         if tokens.is_empty() {
             return Err(EngineError::EmptyInput);
@@ -512,9 +700,9 @@ impl Model<'_> {
         // too; follow the same split. Each micro-batch goes through the layers together.
         let chunks = tokens.len().div_ceil(UBATCH);
         for (i, chunk) in tokens.chunks(UBATCH).enumerate() {
-            self.step(session, chunk, i + 1 == chunks, par)?;
+            self.step(session, chunk, logits && i + 1 == chunks, par)?;
         }
-        Ok(&session.scratch.logits)
+        Ok(())
     }
 
     /// A batch of tokens through every layer; the output projection of the last one
@@ -532,7 +720,13 @@ impl Model<'_> {
         let pos0 = session.pos;
         let mode = ops::DotOrder::for_batch(b);
         let trace = session.trace.unwrap_or(|_, _, _| {});
-        session.scratch.reserve(c, b);
+        session
+            .scratch
+            .reserve(c, b)
+            .map_err(|_| EngineError::OutOfMemory {
+                bytes: Scratch::bytes_for(c, b)
+                    .saturating_sub(Scratch::bytes_for(c, session.scratch.cap)),
+            })?;
         let cache = &mut session.cache;
         let s = &mut session.scratch;
         let (e, qd, kvd, rd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.rope_dims);
@@ -879,13 +1073,11 @@ impl Model<'_> {
             .min(items)
             .min(MAX_ATTENTION_WORKERS)
             .min(total / PARALLEL_ATTENTION_MIN)
+            // The session sized its attention scratch for its workers up front, so
+            // nothing is allocated here.
+            .min(io.heads.0.len())
             .max(1);
         if workers > 1 && trace.is_none() {
-            while io.heads.0.len() < workers {
-                io.heads
-                    .0
-                    .push(spin::Mutex::new(HeadScratch::new(cache_r.capacity, hd)));
-            }
             // Contiguous runs of (token, head) items per worker, each with its slice of
             // the output (item i's output is `out[i * hd..][..hd]`); on the stack, so
             // nothing is allocated per token.

@@ -1,7 +1,10 @@
 //! Decoding a token must not touch the heap once a session is warm: a counting global
 //! allocator wraps the system one and the test asserts that `Model::forward` on one
 //! token makes no allocation at all, on SmolLM2 and on small random models of every
-//! family, sequentially and with a thread pool (the pool's workers count too).
+//! family, sequentially and with a thread pool (the pool's workers count too), and
+//! that the whole `Generator` loop (sampling with repetition penalties and top-k/top-p,
+//! streaming text, timing) allocates nothing per token either, over positions where
+//! attention spreads over the workers.
 //!
 //! This file holds a single test so that no other test allocates while it counts.
 
@@ -12,10 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 use embodios_engine::families::Family;
+use embodios_engine::generate::Checkpoint;
+use embodios_engine::sampler::{Sampler, SamplerConfig};
 use embodios_engine::testmodel::{write_random_model, RandomModelSpec};
-use embodios_engine::{Model, ModelOptions, Parallel, Sequential};
+use embodios_engine::{Generator, Model, ModelOptions, Parallel, Sequential};
 use embodios_gguf::GgufFile;
-use embodios_host::ThreadPool;
+use embodios_host::{StdClock, ThreadPool};
+use embodios_tokenizer::Tokenizer;
 
 /// Counts every allocation and reallocation made by any thread.
 struct Counting;
@@ -76,6 +82,60 @@ fn allocations_per_decode(model: &Model<'_>, prompt_len: usize, par: &dyn Parall
     ALLOCATIONS.load(Ordering::SeqCst) - before
 }
 
+/// Runs the generator (sampling `config`, end-of-generation ignored) for `tokens`
+/// tokens after a `prompt_len`-token prompt on a fresh session, and returns the
+/// allocations made from its 3rd decoded token to its last (counted at the cancel
+/// checkpoints, which come once per token) and how many tokens that spans.
+fn allocations_per_generated(
+    model: &Model<'_>,
+    detok: &Tokenizer,
+    config: SamplerConfig,
+    prompt_len: usize,
+    tokens: usize,
+    par: &dyn Parallel,
+) -> (usize, usize) {
+    let vocab = model.config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..prompt_len as u32)
+        .map(|i| (i * 7 + 3) % vocab)
+        .collect();
+    let mut session = model.new_session();
+    let mut generator = Generator::new(Sampler::new(config), tokens);
+    generator.ignore_eog = true;
+    // A stop string that never appears keeps the stop filter busy.
+    generator.stop = vec!["\u{1}never\u{1}".to_string()];
+    let (mut first, mut last, mut counted) = (None, 0, 0);
+    let mut streamed = 0usize;
+    let out = generator
+        .run_with(
+            model,
+            &mut session,
+            detok,
+            &prompt,
+            par,
+            &StdClock::new(),
+            &mut |t| {
+                streamed += t.len();
+                true
+            },
+            &mut |c| {
+                if let Checkpoint::Decode { generated } = c {
+                    let now = ALLOCATIONS.load(Ordering::SeqCst);
+                    if generated == 3 {
+                        first = Some(now);
+                    } else if generated > 3 {
+                        counted += 1;
+                    }
+                    last = now;
+                }
+                false
+            },
+        )
+        .expect("generate");
+    assert_eq!(out.tokens.len(), tokens, "stopped early: {:?}", out.stop);
+    assert!(streamed > 0, "nothing streamed");
+    (last - first.expect("fewer than 3 tokens"), counted)
+}
+
 #[test]
 fn decoding_a_token_allocates_nothing_after_warm_up() {
     // The counter must see allocations at all, or a zero below would prove nothing.
@@ -111,6 +171,7 @@ fn decoding_a_token_allocates_nothing_after_warm_up() {
         report.push((
             format!("SmolLM2, {label}"),
             allocations_per_decode(&smollm2, 120, par),
+            COUNTED,
         ));
     }
 
@@ -130,13 +191,48 @@ fn decoding_a_token_allocates_nothing_after_warm_up() {
             ("sequential", &Sequential),
         ] {
             let n = allocations_per_decode(&model, 300, par);
-            report.push((format!("random {family:?}, {label}"), n));
+            report.push((format!("random {family:?}, {label}"), n, COUNTED));
         }
     }
 
-    for (what, n) in &report {
-        println!("{what}: {n} allocations in {COUNTED} decoded tokens");
+    // The generator over positions 100..160 of SmolLM2 (attention goes parallel at
+    // 9 heads x 114 positions), with repetition penalties and the sampling chain.
+    let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
+    let penalties = SamplerConfig {
+        repeat_penalty: 1.3,
+        frequency_penalty: 0.1,
+        presence_penalty: 0.1,
+        ..SamplerConfig::default()
+    };
+    let whole_vocab = SamplerConfig {
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        repeat_penalty: 1.1,
+        ..SamplerConfig::default()
+    };
+    for (label, config) in [
+        ("greedy", SamplerConfig::greedy()),
+        ("repeat penalties, top-k/top-p/min-p", penalties),
+        ("repeat penalty, whole vocabulary", whole_vocab),
+    ] {
+        for (threads, par) in [
+            ("2 threads", &pool as &dyn Parallel),
+            ("sequential", &Sequential),
+        ] {
+            let (n, tokens) =
+                allocations_per_generated(&smollm2, &tok, config.clone(), 100, 60, par);
+            report.push((
+                format!("Generator on SmolLM2, {label}, {threads}"),
+                n,
+                tokens,
+            ));
+        }
     }
-    let bad: Vec<_> = report.iter().filter(|(_, n)| *n != 0).collect();
+
+    for (what, n, tokens) in &report {
+        println!("{what}: {n} allocations in {tokens} decoded tokens");
+    }
+    let bad: Vec<_> = report.iter().filter(|(_, n, _)| *n != 0).collect();
     assert!(bad.is_empty(), "decoding allocated: {bad:?}");
 }
