@@ -220,7 +220,7 @@ pub fn force_scalar(on: bool) {
 }
 
 /// The four-row form of `kernels(ty)?.vec_dot` where the active kernel set has one (AVX2
-/// kernels for Q4_1 and Q5_0 so far); `None` otherwise, and under [`force_scalar`].
+/// kernels for Q4_1, Q5_0 and Q8_0 so far); `None` otherwise, and under [`force_scalar`].
 pub fn vec_dot4(ty: GgmlType) -> Option<VecDot4Fn> {
     simd::vec_dot4(ty)
 }

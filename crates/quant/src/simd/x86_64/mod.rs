@@ -106,6 +106,7 @@ pub(super) fn vec_dot4(ty: GgmlType) -> Option<crate::VecDot4Fn> {
     match ty {
         GgmlType::Q4_1 => Some(legacy_dot::dot4_q4_1_q8_1),
         GgmlType::Q5_0 => Some(legacy_dot::dot4_q5_0_q8_0),
+        GgmlType::Q8_0 => Some(legacy_dot::dot4_q8_0_q8_0),
         _ => None,
     }
 }
