@@ -351,11 +351,16 @@ fn hsum_epi32_256(v: __m256i) -> i32 {
     ))
 }
 
-/// The sixteen i16 group sums of a Q8_K block.
-#[inline(always)]
-fn q8k_bsums(y: &[u8; Q8_K_BYTES]) -> [i32; 16] {
-    let b: &[u8; 32] = sub(y, Q8K_BSUMS);
-    core::array::from_fn(|i| i32::from(i16::from_le_bytes([b[2 * i], b[2 * i + 1]])))
+/// The lane sums of `a` and of `b` (exact integer sums, so the same values as two
+/// separate horizontal sums), with one shared reduction.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_pair_epi32(a: __m256i, b: __m256i) -> (i32, i32) {
+    // Per 128-bit half: [a0+a1, a2+a3, b0+b1, b2+b3].
+    let h = _mm256_hadd_epi32(a, b);
+    let t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let t = _mm_hadd_epi32(t, t);
+    (_mm_cvtsi128_si32(t), _mm_extract_epi32::<1>(t))
 }
 
 /// Q4_K weights against `N` Q8_K activation rows in the tiled order: the block's levels
@@ -379,6 +384,11 @@ fn q4_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
             lv[2 * q + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
         }
         let scv = sc.map(|s| _mm256_set1_epi16(i16::from(s)));
+        // The mins as sixteen i16 `[m0, m0, m1, m1, ...]`: `madd` with the sixteen
+        // group sums gives lane `s` = `m_s · (bsum_2s + bsum_2s+1)` (exact, < 2^31).
+        let m32 =
+            _mm256_cvtepu16_epi32(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mn))));
+        let mnv = _mm256_or_si256(m32, _mm256_slli_epi32::<16>(m32));
         for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
             let Some(y) = it.next() else {
                 *acc = f32::NAN;
@@ -389,11 +399,8 @@ fn q4_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
                 let p = pair_dot(lv[c], load256(q8k_chunk(y, c)));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv[c]));
             }
-            let s1 = hsum_epi32_256(sumi);
-            let b = q8k_bsums(y);
-            let s2: i32 = (0..8)
-                .map(|s| i32::from(mn[s]) * (b[2 * s] + b[2 * s + 1]))
-                .sum();
+            let s2v = _mm256_madd_epi16(load256(sub(y, Q8K_BSUMS)), mnv);
+            let (s1, s2) = hsum_pair_epi32(sumi, s2v);
             *acc = tiled_step(*acc, s1, d, Some((dmin, s2)), q8k_d(y));
         }
     }
