@@ -395,6 +395,16 @@ pub fn lane_dot4(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDot
     }
 }
 
+/// A two-row by four-token tile with the same bits as [`lane_dot`] in `order` (the tiled
+/// K-quant order of batches), if one exists: Q4_K while `embodios-quant`'s SIMD set is
+/// active.
+pub fn lane_tile(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDotTileFn> {
+    match (order, ty) {
+        (DotOrder::Tiled, GgmlType::Q4_K) => embodios_quant::tile_kernel(ty),
+        _ => None,
+    }
+}
+
 /// A four-weight-row kernel with the same bits as the single-row kernel
 /// [`lane_dot`] (or the kernel table) hands out for `ty`, if one exists: the legacy
 /// block formats, whose quantised kernels are the same in every order, while
@@ -573,6 +583,34 @@ mod tests {
                 let got = four(&w, [&a[0], &a[1], &a[2], &a[3]]);
                 for (g, a) in got.iter().zip(&a) {
                     assert_eq!(g.to_bits(), one(&w, a).to_bits(), "{ty} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_row_tiles_match_the_lane_kernels() {
+        let mut rng = Rng::new(21);
+        for (ty, twin) in [(GgmlType::Q4_K, dot_q4_k_tiled as LaneDot)] {
+            assert!(lane_tile(ty, DotOrder::Single).is_none());
+            let Some(tile) = lane_tile(ty, DotOrder::Tiled) else {
+                assert_ne!(embodios_quant::active_kernel_set(), "avx2+fma");
+                continue;
+            };
+            for trial in 0..60 {
+                let n = 256 * (1 + trial % 3);
+                let scale = [0.01f32, 0.2, 3.0][trial % 3];
+                let w: Vec<Vec<u8>> = (0..2)
+                    .map(|_| encode(ty, &random_row(&mut rng, n, scale), false))
+                    .collect();
+                let a: Vec<Vec<u8>> = (0..4)
+                    .map(|_| encode(GgmlType::Q8_K, &random_row(&mut rng, n, 2.0), true))
+                    .collect();
+                let got = tile([&w[0], &w[1]], [&a[0], &a[1], &a[2], &a[3]]);
+                for (g, w) in got.iter().zip(&w) {
+                    for (g, a) in g.iter().zip(&a) {
+                        assert_eq!(g.to_bits(), twin(w, a).to_bits(), "{ty} n={n}");
+                    }
                 }
             }
         }

@@ -121,6 +121,15 @@ pub(super) fn tiled(ty: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)>
     }
 }
 
+/// The AVX2 two-weight-row by four-token register tile of `ty` in the tiled K-quant
+/// order, where there is one. Callers check [`available`].
+pub(super) fn tile(ty: GgmlType) -> Option<crate::VecDotTileFn> {
+    match ty {
+        GgmlType::Q4_K => Some(kquant_dot::tile_q4_k_tiled),
+        _ => None,
+    }
+}
+
 /// The AVX2 four-weight-row kernel of `ty`, where there is one. Callers check
 /// [`available`].
 pub(super) fn vec_dot_rows4(ty: GgmlType) -> Option<crate::VecDotRows4Fn> {
