@@ -388,10 +388,20 @@ pub fn lane_dot4(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDot
     match (order, ty) {
         (DotOrder::Tiled, GgmlType::Q4_K) => Some(dot4_q4_k_tiled),
         (DotOrder::Tiled, GgmlType::Q5_K) => Some(dot4_q5_k_tiled),
-        // `embodios-quant` has four-row forms of some SIMD kernels (Q4_1, Q5_0), only
+        // `embodios-quant` has four-row forms of some SIMD kernels (Q4_1, Q5_0, Q8_0), only
         // while its SIMD set is active, which is exactly when `lane_dot` and the kernel
         // table hand out those SIMD kernels; none of these types has an order variant.
         _ => embodios_quant::vec_dot4(ty),
+    }
+}
+
+/// A two-row by four-token tile with the same bits as [`lane_dot`] in `order` (the tiled
+/// K-quant order of batches), if one exists: Q4_K while `embodios-quant`'s SIMD set is
+/// active.
+pub fn lane_tile(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDotTileFn> {
+    match (order, ty) {
+        (DotOrder::Tiled, GgmlType::Q4_K) => embodios_quant::tile_kernel(ty),
+        _ => None,
     }
 }
 
@@ -477,8 +487,9 @@ mod tests {
         // Q4_1 against its lane kernel (the order llama.cpp's build uses); Q5_0 against
         // the single-row SIMD kernel the engine uses for it (bit-identical to llama.cpp's
         // AVX2 kernel, see `embodios-quant`'s tests).
-        let single: [(GgmlType, Option<LaneDot>); 2] = [
+        let single: [(GgmlType, Option<LaneDot>); 3] = [
             (GgmlType::Q4_1, Some(dot_q4_1_q8_1)),
+            (GgmlType::Q8_0, Some(dot_q8_0_q8_0)),
             (
                 GgmlType::Q5_0,
                 embodios_quant::simd_kernels(GgmlType::Q5_0).map(|k| k.vec_dot),
@@ -495,9 +506,13 @@ mod tests {
             for trial in 0..100 {
                 let n = 32 * (1 + trial % 24);
                 let w = encode(ty, &random_row(&mut rng, n, 0.1), false);
-                let a: Vec<Vec<u8>> = (0..4)
+                let mut a: Vec<Vec<u8>> = (0..4)
                     .map(|_| encode(act_ty, &random_row(&mut rng, n, 3.0), true))
                     .collect();
+                if ty == GgmlType::Q8_0 && trial % 5 == 0 {
+                    // A -128 activation byte takes the widening path in one row only.
+                    a[trial % 4][2 + trial % 32] = 0x80;
+                }
                 let got = dot4(&w, [&a[0], &a[1], &a[2], &a[3]]);
                 for (g, a) in got.iter().zip(&a) {
                     assert_eq!(g.to_bits(), one(&w, a).to_bits(), "{ty} n={n}");
@@ -568,6 +583,34 @@ mod tests {
                 let got = four(&w, [&a[0], &a[1], &a[2], &a[3]]);
                 for (g, a) in got.iter().zip(&a) {
                     assert_eq!(g.to_bits(), one(&w, a).to_bits(), "{ty} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_row_tiles_match_the_lane_kernels() {
+        let mut rng = Rng::new(21);
+        for (ty, twin) in [(GgmlType::Q4_K, dot_q4_k_tiled as LaneDot)] {
+            assert!(lane_tile(ty, DotOrder::Single).is_none());
+            let Some(tile) = lane_tile(ty, DotOrder::Tiled) else {
+                assert_ne!(embodios_quant::active_kernel_set(), "avx2+fma");
+                continue;
+            };
+            for trial in 0..60 {
+                let n = 256 * (1 + trial % 3);
+                let scale = [0.01f32, 0.2, 3.0][trial % 3];
+                let w: Vec<Vec<u8>> = (0..2)
+                    .map(|_| encode(ty, &random_row(&mut rng, n, scale), false))
+                    .collect();
+                let a: Vec<Vec<u8>> = (0..4)
+                    .map(|_| encode(GgmlType::Q8_K, &random_row(&mut rng, n, 2.0), true))
+                    .collect();
+                let got = tile([&w[0], &w[1]], [&a[0], &a[1], &a[2], &a[3]]);
+                for (g, w) in got.iter().zip(&w) {
+                    for (g, a) in g.iter().zip(&a) {
+                        assert_eq!(g.to_bits(), twin(w, a).to_bits(), "{ty} n={n}");
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use embodios_quant::{VecDot4Fn, VecDotFn, VecDotRows4Fn};
+use embodios_quant::{VecDot4Fn, VecDotFn, VecDotRows4Fn, VecDotTileFn};
 
 use crate::kernels::{self, QuantError};
 use crate::model::WeightMatrix;
@@ -85,6 +85,9 @@ struct Input<'a, 'w> {
     /// Four rows at a time for one token with the same bits as `dot`, where a kernel
     /// exists.
     rows4: Option<VecDotRows4Fn>,
+    /// Two rows by four tokens at a time with the same bits as `dot`, where a kernel
+    /// exists.
+    tile: Option<VecDotTileFn>,
 }
 
 /// Several independent products (Q, K and V of a layer; FFN gate and up) over a batch
@@ -128,6 +131,7 @@ pub fn matmul_set(
         let dot = crate::lanes::lane_dot(w.ty, order, w.cols).unwrap_or(k.vec_dot);
         let dot4 = crate::lanes::lane_dot4(w.ty, order);
         let rows4 = crate::lanes::lane_rows4(w.ty, order);
+        let tile = crate::lanes::lane_tile(w.ty, order);
         *slot = Some(Input {
             w,
             x: p.x,
@@ -135,6 +139,7 @@ pub fn matmul_set(
             dot,
             dot4,
             rows4,
+            tile,
         });
         total_rows += w.rows;
     }
@@ -314,15 +319,42 @@ fn rows_into(input: &Input<'_, '_>, tokens: usize, first: usize, out: &mut [f32]
         }
         return;
     }
-    let rows = w.data.chunks_exact(w.row_bytes).skip(first);
+    let mut rows = w.data.chunks_exact(w.row_bytes).skip(first);
+    let mut out = out;
+    if let (true, Some(tile)) = (tokens >= 4, input.tile) {
+        // Two rows by four tokens per call (each activation block loaded once for both
+        // rows); the tokens beyond the last four go one by one.
+        let mut pairs = out.chunks_exact_mut(2 * tokens);
+        for o2 in &mut pairs {
+            let (Some(r0), Some(r1)) = (rows.next(), rows.next()) else {
+                return;
+            };
+            let (o0, o1) = o2.split_at_mut(tokens);
+            let mut done = 0;
+            for ((a, b), x4) in o0
+                .chunks_exact_mut(4)
+                .zip(o1.chunks_exact_mut(4))
+                .zip(input.x.chunks_exact(4 * step))
+            {
+                let [t0, t1] = tile([r0, r1], four_tokens(x4, step));
+                a.copy_from_slice(&t0);
+                b.copy_from_slice(&t1);
+                done += 4;
+            }
+            for (t, x) in input.x.chunks_exact(step).enumerate().skip(done) {
+                if let (Some(a), Some(b)) = (o0.get_mut(t), o1.get_mut(t)) {
+                    *a = (input.dot)(r0, x);
+                    *b = (input.dot)(r1, x);
+                }
+            }
+        }
+        out = pairs.into_remainder();
+    }
     for (o, row) in out.chunks_exact_mut(tokens).zip(rows) {
         let mut done = 0;
         if let Some(dot4) = input.dot4 {
             for (o4, x4) in o.chunks_exact_mut(4).zip(input.x.chunks_exact(4 * step)) {
-                let (x01, x23) = x4.split_at(2 * step);
-                let (x0, x1) = x01.split_at(step);
-                let (x2, x3) = x23.split_at(step);
-                o4.copy_from_slice(&dot4(row, [x0, x1, x2, x3]));
+                o4.copy_from_slice(&dot4(row, four_tokens(x4, step)));
                 done += 4;
             }
         }
@@ -333,6 +365,14 @@ fn rows_into(input: &Input<'_, '_>, tokens: usize, first: usize, out: &mut [f32]
             *v = (input.dot)(row, x);
         }
     }
+}
+
+/// The four activation rows of `step` bytes each in `x4`.
+fn four_tokens(x4: &[u8], step: usize) -> [&[u8]; 4] {
+    let (x01, x23) = x4.split_at(2 * step);
+    let (x0, x1) = x01.split_at(step);
+    let (x2, x3) = x23.split_at(step);
+    [x0, x1, x2, x3]
 }
 
 #[cfg(test)]
@@ -390,7 +430,6 @@ mod tests {
     #[test]
     fn chunked_product_sets_equal_one_worker_bit_for_bit() {
         let mut rng = Rng::new(77);
-        let cols = 64;
         for &(ty, rows, tokens) in &[
             (GgmlType::Q4_1, [5usize, 3, 3], 1usize),
             (GgmlType::Q8_0, [600, 190, 190], 1),
@@ -398,7 +437,13 @@ mod tests {
             (GgmlType::Q4_1, [97, 64, 64], 5),
             (GgmlType::Q4_0, [300, 1, 30], 9),
             (GgmlType::Q4_1, [97, 33, 64], 40),
+            (GgmlType::Q8_0, [31, 7, 64], 13),
+            // Two-row tiles: an odd row count, tokens beyond the last four.
+            (GgmlType::Q4_K, [33, 8, 5], 14),
+            (GgmlType::Q4_K, [6, 3, 2], 8),
         ] {
+            // K-quant rows are whole 256-element super-blocks.
+            let cols = if ty == GgmlType::Q4_K { 512 } else { 64 };
             let act_ty = kernels::act_type(ty).unwrap();
             let ws: Vec<Vec<u8>> = rows
                 .iter()
@@ -472,12 +517,18 @@ mod tests {
                     }
                 }
             }
-            // And the single-worker result is the kernel's own dot product.
+            // And every single-worker result is the kernel's own dot product (whichever
+            // of the one-row, four-token or two-row tile paths computed it).
             let k = kernels::table(ty).unwrap();
-            let r0 = mats[0].row(rows[0] - 1);
-            let d = crate::lanes::lane_dot(ty, DotOrder::for_batch(tokens), cols)
-                .unwrap_or(k.vec_dot)(r0, &xq[..n]);
-            assert_eq!(want[0][rows[0] - 1].to_bits(), d.to_bits());
+            let dot =
+                crate::lanes::lane_dot(ty, DotOrder::for_batch(tokens), cols).unwrap_or(k.vec_dot);
+            for r in 0..rows[0] {
+                for (t, x) in xq.chunks_exact(n).enumerate() {
+                    let d = dot(mats[0].row(r), x);
+                    let got = want[0][t * rows[0] + r];
+                    assert_eq!(got.to_bits(), d.to_bits(), "{ty} row {r} token {t}");
+                }
+            }
         }
     }
 }

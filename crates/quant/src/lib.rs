@@ -79,6 +79,11 @@ pub type VecDotFn = fn(weights: &[u8], activations: &[u8]) -> f32;
 /// [`Kernels::vec_dot`], bit for bit, with the weight row unpacked once.
 pub type VecDot4Fn = fn(weights: &[u8], activations: [&[u8]; 4]) -> [f32; 4];
 
+/// Two weight rows against four activation rows (a register tile of the batched
+/// product): `out[r][t]` is the type's tiled-order kernel of row `r` and activation row
+/// `t`, bit for bit, each activation block loaded once for both rows.
+pub type VecDotTileFn = fn(weights: [&[u8]; 2], activations: [&[u8]; 4]) -> [[f32; 4]; 2];
+
 /// Four weight rows against one activation row: the four results of the type's
 /// [`Kernels::vec_dot`], bit for bit, with each activation block loaded once and four
 /// independent accumulation chains (the matrix-vector product of decoding).
@@ -220,7 +225,7 @@ pub fn force_scalar(on: bool) {
 }
 
 /// The four-row form of `kernels(ty)?.vec_dot` where the active kernel set has one (AVX2
-/// kernels for Q4_1 and Q5_0 so far); `None` otherwise, and under [`force_scalar`].
+/// kernels for Q4_1, Q5_0 and Q8_0 so far); `None` otherwise, and under [`force_scalar`].
 pub fn vec_dot4(ty: GgmlType) -> Option<VecDot4Fn> {
     simd::vec_dot4(ty)
 }
@@ -232,6 +237,12 @@ pub fn vec_dot4(ty: GgmlType) -> Option<VecDot4Fn> {
 /// f64. Q4_K and Q6_K so far, while the SIMD set is active; `None` otherwise.
 pub fn tiled_kernels(ty: GgmlType) -> Option<(VecDotFn, VecDot4Fn)> {
     simd::tiled(ty)
+}
+
+/// The two-row by four-token SIMD tile of `ty` in the order of [`tiled_kernels`] (Q4_K
+/// so far), while the SIMD set is active; `None` otherwise.
+pub fn tile_kernel(ty: GgmlType) -> Option<VecDotTileFn> {
+    simd::tile(ty)
 }
 
 /// The four-weight-row form of `kernels(ty)?.vec_dot` where the active kernel set has

@@ -51,6 +51,10 @@ mod backend {
     pub(super) fn vec_dot_rows4(_: GgmlType) -> Option<crate::VecDotRows4Fn> {
         None
     }
+
+    pub(super) fn tile(_: GgmlType) -> Option<crate::VecDotTileFn> {
+        None
+    }
 }
 
 /// Set by [`crate::force_scalar`]: ignore the SIMD set even where the CPU has it. Starts
@@ -132,4 +136,13 @@ pub(crate) fn vec_dot_rows4(ty: GgmlType) -> Option<crate::VecDotRows4Fn> {
         return None;
     }
     backend::vec_dot_rows4(ty)
+}
+
+/// The SIMD two-row by four-token tile of `ty` in the tiled K-quant order, if a SIMD set
+/// is usable right now and has one.
+pub(crate) fn tile(ty: GgmlType) -> Option<crate::VecDotTileFn> {
+    if FORCE_SCALAR.load(Ordering::Relaxed) || !backend::available() {
+        return None;
+    }
+    backend::tile(ty)
 }

@@ -351,11 +351,26 @@ fn hsum_epi32_256(v: __m256i) -> i32 {
     ))
 }
 
-/// The sixteen i16 group sums of a Q8_K block.
-#[inline(always)]
-fn q8k_bsums(y: &[u8; Q8_K_BYTES]) -> [i32; 16] {
-    let b: &[u8; 32] = sub(y, Q8K_BSUMS);
-    core::array::from_fn(|i| i32::from(i16::from_le_bytes([b[2 * i], b[2 * i + 1]])))
+/// The eight Q4_K mins as sixteen i16 `[m0, m0, m1, m1, ...]`: `madd` with a Q8_K
+/// block's sixteen group sums gives lane `s` = `m_s · (bsum_2s + bsum_2s+1)` (exact,
+/// below 2^31).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn min_pairs(mn: [u8; 8]) -> __m256i {
+    let m32 = _mm256_cvtepu16_epi32(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mn))));
+    _mm256_or_si256(m32, _mm256_slli_epi32::<16>(m32))
+}
+
+/// The lane sums of `a` and of `b` (exact integer sums, so the same values as two
+/// separate horizontal sums), with one shared reduction.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_pair_epi32(a: __m256i, b: __m256i) -> (i32, i32) {
+    // Per 128-bit half: [a0+a1, a2+a3, b0+b1, b2+b3].
+    let h = _mm256_hadd_epi32(a, b);
+    let t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let t = _mm_hadd_epi32(t, t);
+    (_mm_cvtsi128_si32(t), _mm_extract_epi32::<1>(t))
 }
 
 /// Q4_K weights against `N` Q8_K activation rows in the tiled order: the block's levels
@@ -379,6 +394,7 @@ fn q4_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
             lv[2 * q + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
         }
         let scv = sc.map(|s| _mm256_set1_epi16(i16::from(s)));
+        let mnv = min_pairs(mn);
         for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
             let Some(y) = it.next() else {
                 *acc = f32::NAN;
@@ -389,15 +405,110 @@ fn q4_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
                 let p = pair_dot(lv[c], load256(q8k_chunk(y, c)));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv[c]));
             }
-            let s1 = hsum_epi32_256(sumi);
-            let b = q8k_bsums(y);
-            let s2: i32 = (0..8)
-                .map(|s| i32::from(mn[s]) * (b[2 * s] + b[2 * s + 1]))
-                .sum();
+            let s2v = _mm256_madd_epi16(load256(sub(y, Q8K_BSUMS)), mnv);
+            let (s1, s2) = hsum_pair_epi32(sumi, s2v);
             *acc = tiled_step(*acc, s1, d, Some((dmin, s2)), q8k_d(y));
         }
     }
     acc
+}
+
+/// Two Q4_K weight rows against four Q8_K activation rows in the tiled order: a register
+/// tile that loads each activation chunk once for both rows (halving the activation
+/// traffic of one-row kernels, which for wide prompts comes from L2). Each (row, token)
+/// pair goes through exactly the operations of [`q4_k_tiled_n`] (the same exact
+/// integers `s1`, `s2`, the same float steps in the same order), so every result has
+/// its bits. Rows or activations of unequal block counts take the one-row kernel.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_tiled_2x4(w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
+    let nb = w[0].len() / Q4_K_BYTES;
+    if w.iter().any(|r| r.len() / Q4_K_BYTES != nb) || a.iter().any(|r| r.len() / Q8_K_BYTES != nb)
+    {
+        return w.map(|r| q4_k_tiled_n::<4>(r, a));
+    }
+    // The four tokens' accumulators of each row, as lanes.
+    let mut acc = [_mm_setzero_ps(); 2];
+    let low4 = _mm256_set1_epi8(0x0F);
+    for b in 0..nb {
+        let mut d = [0.0f32; 2];
+        let mut dmin = [0.0f32; 2];
+        let mut lv = [[_mm256_setzero_si256(); 8]; 2];
+        let mut scv = [[_mm256_setzero_si256(); 8]; 2];
+        let mut mnv = [_mm256_setzero_si256(); 2];
+        for r in 0..2 {
+            let x: &[u8; Q4_K_BYTES] = sub(w[r], b * Q4_K_BYTES);
+            prefetch_ahead(x.as_ptr(), Q4_K_BYTES);
+            let dm = f16_pair(sub(x, 0));
+            (d[r], dmin[r]) = (lane0(dm), lane1(dm));
+            let (sc, mn) = scalar::unpack_k4_scales(sub(x, 4));
+            for q in 0..4 {
+                let bits = load256(sub(x, 16 + 32 * q));
+                lv[r][2 * q] = _mm256_and_si256(bits, low4);
+                lv[r][2 * q + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
+            }
+            scv[r] = sc.map(|s| _mm256_set1_epi16(i16::from(s)));
+            mnv[r] = min_pairs(mn);
+        }
+        let mut s1 = [[_mm256_setzero_si256(); 4]; 2];
+        let mut s2 = [[_mm256_setzero_si256(); 4]; 2];
+        let mut d8 = [0.0f32; 4];
+        for t in 0..4 {
+            let y: &[u8; Q8_K_BYTES] = sub(a[t], b * Q8_K_BYTES);
+            d8[t] = q8k_d(y);
+            for c in 0..8 {
+                let yv = load256(q8k_chunk(y, c));
+                for r in 0..2 {
+                    let p = pair_dot(lv[r][c], yv);
+                    s1[r][t] = _mm256_add_epi32(s1[r][t], _mm256_madd_epi16(p, scv[r][c]));
+                }
+            }
+            let bsums = load256(sub(y, Q8K_BSUMS));
+            for r in 0..2 {
+                s2[r][t] = _mm256_madd_epi16(bsums, mnv[r]);
+            }
+        }
+        // The float steps of `tiled_step` for the four tokens at once, lane by lane the
+        // same operations: `s1 as f32 * d` (one f32 rounding), then the two f64 steps
+        // (products of two f32 are exact in f64, so each step rounds once, to f32).
+        let d8 = _mm256_cvtps_pd(_mm_setr_ps(d8[0], d8[1], d8[2], d8[3]));
+        for r in 0..2 {
+            let s1 = _mm_cvtepi32_ps(hsum4_epi32(s1[r]));
+            let s2 = _mm256_cvtps_pd(_mm_cvtepi32_ps(hsum4_epi32(s2[r])));
+            let x = _mm_mul_ps(s1, _mm_set1_ps(d[r]));
+            let m = _mm256_mul_pd(_mm256_set1_pd(f64::from(-dmin[r])), s2);
+            let x = _mm256_cvtpd_ps(_mm256_add_pd(m, _mm256_cvtps_pd(x)));
+            let p = _mm256_mul_pd(_mm256_cvtps_pd(x), d8);
+            acc[r] = _mm256_cvtpd_ps(_mm256_add_pd(p, _mm256_cvtps_pd(acc[r])));
+        }
+    }
+    acc.map(|v| {
+        [
+            _mm_cvtss_f32(v),
+            _mm_cvtss_f32(_mm_shuffle_ps::<1>(v, v)),
+            _mm_cvtss_f32(_mm_shuffle_ps::<2>(v, v)),
+            _mm_cvtss_f32(_mm_shuffle_ps::<3>(v, v)),
+        ]
+    })
+}
+
+/// The lane sums of four vectors as the four lanes of one (exact integer sums).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum4_epi32(v: [__m256i; 4]) -> __m128i {
+    // Per 128-bit half, after the two rounds: [Σv0, Σv1, Σv2, Σv3] of that half.
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
+/// Safe entry of [`q4_k_tiled_2x4`] (NaN without AVX2, like the other tiled entries:
+/// it is only handed out when the SIMD set is active).
+pub(crate) fn tile_q4_k_tiled(w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
+    if !super::available() {
+        return [[f32::NAN; 4]; 2];
+    }
+    // SAFETY: `available()` confirmed AVX2, FMA and F16C on this CPU and YMM state
+    // support in the OS; the kernel reads only through checked slices.
+    unsafe { q4_k_tiled_2x4(w, a) }
 }
 
 /// Q6_K weights against `N` Q8_K activation rows in the tiled order: `s1 = Σ_s sc_s ·

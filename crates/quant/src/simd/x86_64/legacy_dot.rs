@@ -206,6 +206,55 @@ fn q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
+/// [`q8_0_q8_0`] of one weight row with four activation rows: each weight block is
+/// loaded, its scale converted and its absolute values taken once; every row then goes
+/// through the operations of `q8_0_q8_0` (same products, same `fma` into its own
+/// accumulator), so every result has the same bits as four separate calls. The -128 test
+/// is made once per activation row instead of once per block: both integer paths give
+/// the same exact lane sums, so where the widening path is taken does not change a bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_q8_0_x4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    if a.iter().any(|r| has_min_byte(r)) {
+        return a.map(|a| q8_0_q8_0(w, a));
+    }
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut ys = a.map(blocks::<Q8_0_BYTES>);
+    for x in blocks::<Q8_0_BYTES>(w) {
+        prefetch_ahead(x.as_ptr(), 64);
+        let xd = f16_pair(sub(x, 0));
+        let xv = load256(sub(x, 2));
+        let ax = _mm256_sign_epi8(xv, xv);
+        for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
+            let Some(y) = it.next() else { continue };
+            let d = lane0(_mm_mul_ps(xd, f16_pair(sub(y, 0))));
+            let sy = _mm256_sign_epi8(load256(sub(y, 2)), xv);
+            let q = pairs_to_i32(_mm256_maddubs_epi16(ax, sy));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q), *acc);
+        }
+    }
+    acc.map(|v| hsum_ps(v))
+}
+
+/// Whether any quant byte of the Q8_0 row `a` is -128 (scale bytes are not looked at).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn has_min_byte(a: &[u8]) -> bool {
+    let min = _mm256_set1_epi8(i8::MIN);
+    let mut any = _mm256_setzero_si256();
+    for y in blocks::<Q8_0_BYTES>(a) {
+        any = _mm256_or_si256(any, _mm256_cmpeq_epi8(load256(sub(y, 2)), min));
+    }
+    _mm256_testz_si256(any, any) == 0
+}
+
+/// Safe entry of [`q8_0_q8_0_x4`] (four scalar calls without AVX2).
+pub(crate) fn dot4_q8_0_q8_0(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    if !super::available() {
+        return a.map(|a| scalar::dot_q8_0_q8_0(w, a));
+    }
+    // SAFETY: as in `dot4_q4_1_q8_1`.
+    unsafe { q8_0_q8_0_x4(w, a) }
+}
+
 /// Exact Q8_0 block product by widening both operands to i16 (`madd` of i16 products
 /// cannot overflow), with the pair sums regrouped into 4-byte lanes.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -106,6 +106,7 @@ pub(super) fn vec_dot4(ty: GgmlType) -> Option<crate::VecDot4Fn> {
     match ty {
         GgmlType::Q4_1 => Some(legacy_dot::dot4_q4_1_q8_1),
         GgmlType::Q5_0 => Some(legacy_dot::dot4_q5_0_q8_0),
+        GgmlType::Q8_0 => Some(legacy_dot::dot4_q8_0_q8_0),
         _ => None,
     }
 }
@@ -116,6 +117,15 @@ pub(super) fn tiled(ty: GgmlType) -> Option<(crate::VecDotFn, crate::VecDot4Fn)>
     match ty {
         GgmlType::Q4_K => Some((kquant_dot::dot_q4_k_tiled, kquant_dot::dot4_q4_k_tiled)),
         GgmlType::Q6_K => Some((kquant_dot::dot_q6_k_tiled, kquant_dot::dot4_q6_k_tiled)),
+        _ => None,
+    }
+}
+
+/// The AVX2 two-weight-row by four-token register tile of `ty` in the tiled K-quant
+/// order, where there is one. Callers check [`available`].
+pub(super) fn tile(ty: GgmlType) -> Option<crate::VecDotTileFn> {
+    match ty {
+        GgmlType::Q4_K => Some(kquant_dot::tile_q4_k_tiled),
         _ => None,
     }
 }
