@@ -32,7 +32,8 @@ fn engine_golden(name: &str) -> serde_json::Value {
 
 /// `embodios quantize` of the shipped SmolLM2 to `preset`, as bytes.
 fn requantize(preset: &str) -> Vec<u8> {
-    let dir = std::env::temp_dir().join(format!("embodios-qfid-{}", std::process::id()));
+    // One directory per preset: the two tests run in parallel and each removes its own.
+    let dir = std::env::temp_dir().join(format!("embodios-qfid-{}-{preset}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let out = dir.join(format!("smollm2-{preset}.gguf"));
     let model = common::smollm2_path();
