@@ -149,7 +149,9 @@ mod tests {
 
     /// On x86-64 Linux, std's `f32::sin`/`cos` call glibc's `sinf`/`cosf`: every RoPE
     /// angle of bases 1e4, 1e5, 1e6 at positions below 8192, and a spread of other
-    /// floats, must give the same bits.
+    /// floats, must give the same bits. (glibc runs its FMA build of these on CPUs with
+    /// FMA, as every machine llama.cpp's AVX2 kernels run on has; on a CPU without FMA
+    /// glibc, and so llama.cpp, would round some of them differently.)
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
     fn sin_and_cos_match_glibc_bit_for_bit() {
