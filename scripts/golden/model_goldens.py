@@ -39,6 +39,13 @@ PROMPTS = [
     "In 1492, Columbus",
 ]
 N_GEN = 32
+# The 64-token prompt of `cargo xtask bench` (SmolLM2's vocabulary), cut from its text.
+BENCH_PROMPT_64 = (
+    "The history of computing is a story of people who wanted machines to think faster than "
+    "they could. Early engineers built calculators from gears and levers, then from relays and "
+    "vacuum tubes. Each generation made the machines smaller, cheaper and more reliable, until "
+    "a computer fit on a single chip. Today, the same chips run language models"
+)
 FULL_LOGITS_PROMPTS = 3
 TOP_N = 64
 
@@ -59,7 +66,8 @@ def last_logits(llm):
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32).copy()
 
 
-def record(model_path, name, prompts, full_logits_prompts, extra=None, n_ctx=256, sample_stride=0):
+def record(model_path, name, prompts, full_logits_prompts, extra=None, n_ctx=256, sample_stride=0,
+           n_gen=None, step_top=0):
     llm = llama_cpp.Llama(
         model_path=model_path,
         n_ctx=n_ctx,
@@ -91,14 +99,20 @@ def record(model_path, name, prompts, full_logits_prompts, extra=None, n_ctx=256
             case["last_logits_sampled"] = [float(v) for v in logits[::sample_stride]]
         if i < full_logits_prompts:
             case["last_logits_f32_b64"] = base64.b64encode(logits.astype("<f4").tobytes()).decode()
-        gen, margins = [], []
-        for _ in range(N_GEN):
+        gen, margins, tops = [], [], []
+        for _ in range((n_gen or {}).get(text, N_GEN)):
             top2 = np.argsort(-logits, kind="stable")[:2]
             tok = int(top2[0])
             gen.append(tok)
             margins.append(float(logits[top2[0]] - logits[top2[1]]))
+            if step_top:
+                order = np.argsort(-logits, kind="stable")[:step_top]
+                tops.append([[int(t), float(logits[t])] for t in order])
             llm.eval([tok])
             logits = last_logits(llm)
+        if step_top:
+            # The top logits before every greedy step, to locate where an error starts.
+            case["greedy_top"] = tops
         case["greedy_ids"] = gen
         case["greedy_margins"] = margins
         case["greedy_text"] = llm.detokenize(gen).decode("utf-8", errors="replace")
@@ -165,6 +179,20 @@ def main():
         path = os.environ.get("EMBODIOS_MODEL_SMOLLM2_135M") or os.path.join(
             CACHE, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
         record(path, "smollm2", PROMPTS, FULL_LOGITS_PROMPTS)
+    elif what in ("smollm2-q8_0", "smollm2-q4_k_m"):
+        # SmolLM2 requantized by `embodios quantize` (the fidelity test remakes the file
+        # and checks its SHA-256 against the one recorded here). Besides the usual
+        # prompts, the bench's 64-token prompt with 128 greedy tokens.
+        import hashlib
+        kind = what.split("-", 1)[1].upper()
+        path = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
+            CACHE, "bench", "models", f"SmolLM2-135M-Instruct.{kind}.gguf")
+        with open(path, "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
+        prompts = PROMPTS[:3] + [BENCH_PROMPT_64]
+        record(path, what.replace("-", "_"), prompts, 1,
+               {"model_sha256": sha, "model_bytes": os.path.getsize(path)},
+               n_gen={BENCH_PROMPT_64: 128}, step_top=8)
     elif what == "smollm2-chat":
         path = os.environ.get("EMBODIOS_MODEL_SMOLLM2_135M") or os.path.join(
             CACHE, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -200,7 +228,7 @@ def main():
         record(sys.argv[2], "random_llama", PROMPTS[:3] + [long_prompt], 2,
                {"model_bytes": size}, n_ctx=512)
     else:
-        sys.exit(f"unknown target {what!r}: use smollm2 | smollm2-chat | gemma3 | gemma3-chat | random PATH | random-gemma3 PATH | random-qwen2 PATH | random-phi2 PATH | random-mistral PATH")
+        sys.exit(f"unknown target {what!r}: use smollm2 | smollm2-chat | smollm2-q8_0 [PATH] | smollm2-q4_k_m [PATH] | gemma3 | gemma3-chat | random PATH | random-gemma3 PATH | random-qwen2 PATH | random-phi2 PATH | random-mistral PATH")
 
 
 if __name__ == "__main__":

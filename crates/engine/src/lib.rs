@@ -57,6 +57,7 @@ pub mod sampler;
 pub mod session;
 pub mod simd;
 pub mod testmodel;
+pub mod trig;
 
 pub use chat::{ChatTemplate, ChatTemplateError, Message};
 pub use families::Family;

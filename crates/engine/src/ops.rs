@@ -157,8 +157,9 @@ impl Rope {
                 .and_then(|f| f.get(pair).copied())
                 .unwrap_or(1.0);
             let angle = self.freq_scale * (theta / ff);
-            cs[0] = libm::cosf(angle);
-            cs[1] = libm::sinf(angle);
+            // glibc's rounding, not the `libm` crate's: see `crate::trig`.
+            cs[0] = crate::trig::cosf(angle);
+            cs[1] = crate::trig::sinf(angle);
             theta *= self.theta_scale;
         }
     }

@@ -80,6 +80,10 @@ pub struct CaseReport {
     pub near_tie: Option<(usize, u32, u32, f32)>,
     /// A divergence where llama.cpp's margin was not a near tie (a failure).
     pub hard_divergence: Option<(usize, u32, u32, f32)>,
+    /// Max |ours - llama.cpp| over the stored top logits before each greedy step (when
+    /// the golden stores them), and the first step where it exceeded 1e-3.
+    pub step_err: Option<f32>,
+    pub first_step_off: Option<(usize, f32)>,
 }
 
 /// Runs one golden case: prefill, logit comparison, then greedy decoding against
@@ -140,7 +144,23 @@ pub fn run_case(
     let margins = floats(&case["greedy_margins"]);
     rep.expected = want.len();
     let mut logits = logits;
+    let step_tops = case.get("greedy_top").and_then(Value::as_array);
     for (step, (&w, &m)) in want.iter().zip(&margins).enumerate() {
+        if let Some(top) = step_tops.and_then(|t| t.get(step)) {
+            let err = top
+                .as_array()
+                .expect("top logits of a step")
+                .iter()
+                .map(|pair| {
+                    let id = pair[0].as_u64().expect("id") as usize;
+                    (logits[id] - pair[1].as_f64().expect("logit") as f32).abs()
+                })
+                .fold(0.0f32, f32::max);
+            rep.step_err = Some(rep.step_err.unwrap_or(0.0).max(err));
+            if err > 1e-3 && rep.first_step_off.is_none() {
+                rep.first_step_off = Some((step, err));
+            }
+        }
         let ours = argmax(&logits).expect("logits") as u32;
         if ours != w {
             if m < NEAR_TIE_MARGIN {
@@ -179,6 +199,12 @@ pub fn check_cases(
             "{:?}: matched {}/{} greedy tokens, top-64 logit err {:.6}, full err {:?}, sampled err {:?}",
             rep.prompt, rep.matched, rep.expected, rep.top_err, rep.full_err, rep.sampled_err
         );
+        if let Some(e) = rep.step_err {
+            println!(
+                "  per-step top logits: max err {e:.6}, first step above 1e-3: {:?}",
+                rep.first_step_off
+            );
+        }
         if let Some((step, want, got, m)) = rep.near_tie {
             println!(
                 "  near-tie divergence accepted at step {step}: llama.cpp {want}, ours {got}, \
@@ -195,11 +221,17 @@ pub fn check_cases(
             .into_iter()
             .flatten()
             .fold(rep.top_err, f32::max);
-        worst = worst.max(err);
+        worst = worst.max(err).max(rep.step_err.unwrap_or(0.0));
         if err > tolerance {
             failures.push(format!(
                 "{:?}: last-position logit error {err} > {tolerance}",
                 rep.prompt
+            ));
+        }
+        if let Some(e) = rep.step_err.filter(|&e| e > tolerance) {
+            failures.push(format!(
+                "{:?}: logit error {e} > {tolerance} before a greedy step (first at {:?})",
+                rep.prompt, rep.first_step_off
             ));
         }
     }
