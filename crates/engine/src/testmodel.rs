@@ -115,6 +115,22 @@ impl Normal {
     }
 }
 
+/// Adds tensor `name` of shape `dims` and type `ty`, filled with normal values of the
+/// given (mean, standard deviation).
+fn add_random(
+    w: &mut GgufWriter,
+    rng: &mut Normal,
+    name: &str,
+    dims: &[u64],
+    ty: GgmlType,
+    (mean, std): (f32, f32),
+) -> Result<(), TestModelError> {
+    let n = dims.iter().product::<u64>() as usize;
+    let values = rng.fill(n, mean, std);
+    w.add_tensor(name, dims, ty, encode(ty, &values)?)?;
+    Ok(())
+}
+
 fn encode(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, TestModelError> {
     if ty == GgmlType::F32 {
         return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect());
@@ -185,17 +201,8 @@ pub fn write_random_llama(
     };
     let (e, ff) = (spec.n_embd as u64, spec.n_ff as u64);
     let kv = (spec.n_head_kv * head_dim) as u64;
-    let mut add = |w: &mut GgufWriter,
-                   name: &str,
-                   dims: &[u64],
-                   ty: GgmlType,
-                   mean: f32,
-                   std: f32|
-     -> Result<(), TestModelError> {
-        let n = dims.iter().product::<u64>() as usize;
-        let values = rng.fill(n, mean, std);
-        w.add_tensor(name, dims, ty, encode(ty, &values)?)?;
-        Ok(())
+    let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64], ty, mean, std| {
+        add_random(w, &mut rng, name, dims, ty, (mean, std))
     };
     use GgmlType::*;
     add(
@@ -392,17 +399,8 @@ pub fn write_random_model(
     let (e, ff, hd) = (spec.n_embd as u64, spec.n_ff as u64, spec.head_dim as u64);
     let q = spec.n_head as u64 * hd;
     let kv = spec.n_head_kv as u64 * hd;
-    let mut add = |w: &mut GgufWriter,
-                   name: &str,
-                   dims: &[u64],
-                   ty: GgmlType,
-                   mean: f32,
-                   std: f32|
-     -> Result<(), TestModelError> {
-        let n = dims.iter().product::<u64>() as usize;
-        let values = rng.fill(n, mean, std);
-        w.add_tensor(name, dims, ty, encode(ty, &values)?)?;
-        Ok(())
+    let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64], ty, mean, std| {
+        add_random(w, &mut rng, name, dims, ty, (mean, std))
     };
     use GgmlType::*;
     add(
@@ -661,17 +659,8 @@ pub fn write_bench_llama(
     // Standard deviations of about 1/sqrt(fan-in) keep activations in range through
     // many layers, so the generated text is noise but the arithmetic stays finite.
     let std_in = |fan_in: u64| 1.0 / libm::sqrtf(fan_in as f32);
-    let mut add = |w: &mut GgufWriter,
-                   name: &str,
-                   dims: &[u64],
-                   ty: GgmlType,
-                   mean: f32,
-                   std: f32|
-     -> Result<(), TestModelError> {
-        let n = dims.iter().product::<u64>() as usize;
-        let values = rng.fill(n, mean, std);
-        w.add_tensor(name, dims, ty, encode(ty, &values)?)?;
-        Ok(())
+    let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64], ty, mean, std| {
+        add_random(w, &mut rng, name, dims, ty, (mean, std))
     };
     use GgmlType::F32;
     add(
