@@ -66,6 +66,9 @@ pub fn kmain(mb_magic: u32, mb_info: u32) -> ! {
         let ok = ktest::run_all();
         cpu::exit_qemu(ok);
     }
+    // The engine's shared lookup tables are made now, not inside the first model load,
+    // so that unloading a model gives back exactly the heap its load took.
+    embodios_engine::ops::prepare_tables();
     net::init(boot.cmdline.as_str());
     storage::init(options.quiet);
     shell::run(&boot, &options)

@@ -96,6 +96,13 @@ fn gelu_table() -> &'static [u16] {
     })
 }
 
+/// Builds the process-wide tables the engine otherwise makes on first use (today the
+/// 128 KiB GELU table). A kernel calls this at boot so that loading and unloading a
+/// model leaves its heap exactly as it found it; calling it again does nothing.
+pub fn prepare_tables() {
+    gelu_table();
+}
+
 /// [`gelu`] through the table (same bits).
 #[inline]
 pub fn gelu_fast(x: f32) -> f32 {
