@@ -11,10 +11,10 @@
 use crate::loaded::{self, Detok, Loaded};
 use embodios_api::{
     Api, Backend, BackendError, Config, Connection, Env, Event, GenRequest, GenResult, Job, JobEnd,
-    ModelInfo, Output, Prompt, TokenSink,
+    ModelInfo, Output, TokenSink,
 };
 use embodios_engine::{
-    generate::GenerateError, ChatTemplate, Generator, Message, Sampler, SamplerConfig, Session,
+    generate::GenerateError, ChatTemplate, Generator, Sampler, SamplerConfig, Session,
 };
 use embodios_host::{Clock, StdClock, ThreadPool};
 use std::io::{ErrorKind, Read, Write};
@@ -217,21 +217,7 @@ impl Backend for EngineBackend {
             .iter_mut()
             .find(|m| m.info.name == req.model)
             .ok_or_else(|| BackendError::UnknownModel(req.model.clone()))?;
-        let text = match &req.prompt {
-            Prompt::Raw(p) => p.clone(),
-            Prompt::Chat(messages) => {
-                let template = m.template.as_ref().map_err(|e| {
-                    BackendError::Invalid(format!("model has no usable chat template: {e}"))
-                })?;
-                let msgs: Vec<Message<'_>> = messages
-                    .iter()
-                    .map(|x| Message::new(&x.role, &x.content))
-                    .collect();
-                template
-                    .render(&msgs, true)
-                    .map_err(|e| BackendError::Invalid(format!("chat template: {e}")))?
-            }
-        };
+        let text = req.prompt.render(&m.template)?;
         let ids = m.loaded.tokenizer.encode(&text, true, true);
         if ids.is_empty() {
             return Err(BackendError::Invalid("the prompt has no tokens".into()));

@@ -19,9 +19,9 @@ use core::sync::atomic::Ordering::Relaxed;
 
 use embodios_api::{
     Api, Backend, BackendError, Config, Connection, Env, Event, GenRequest, GenResult, Job, JobEnd,
-    ModelInfo, Output, Prompt, TokenSink,
+    ModelInfo, Output, TokenSink,
 };
-use embodios_engine::{Detokenize, Generator, Message, Sampler, SamplerConfig};
+use embodios_engine::{Detokenize, Generator, Sampler, SamplerConfig};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
@@ -270,21 +270,7 @@ impl Backend for RegistryBackend<'_> {
             .loaded
             .as_mut()
             .ok_or_else(|| BackendError::Internal(format!("`{name}` did not load")))?;
-        let text = match &req.prompt {
-            Prompt::Raw(p) => p.clone(),
-            Prompt::Chat(messages) => {
-                let template = m.template.as_ref().map_err(|e| {
-                    BackendError::Invalid(format!("model has no usable chat template: {e}"))
-                })?;
-                let msgs: Vec<Message<'_>> = messages
-                    .iter()
-                    .map(|x| Message::new(&x.role, &x.content))
-                    .collect();
-                template
-                    .render(&msgs, true)
-                    .map_err(|e| BackendError::Invalid(format!("chat template: {e}")))?
-            }
-        };
+        let text = req.prompt.render(&m.template)?;
         let ids = m.tokenizer.encode(&text, true, true);
         if ids.is_empty() {
             return Err(BackendError::Invalid("the prompt has no tokens".into()));

@@ -60,6 +60,31 @@ pub enum Prompt {
     Chat(Vec<ChatMessage>),
 }
 
+impl Prompt {
+    /// The text to tokenize: a raw prompt as is, a chat rendered with `template` (the
+    /// model's, or why it has none) with an assistant turn opened.
+    pub fn render(
+        &self,
+        template: &Result<embodios_engine::ChatTemplate, String>,
+    ) -> Result<String, BackendError> {
+        match self {
+            Prompt::Raw(p) => Ok(p.clone()),
+            Prompt::Chat(messages) => {
+                let template = template.as_ref().map_err(|e| {
+                    BackendError::Invalid(alloc::format!("model has no usable chat template: {e}"))
+                })?;
+                let msgs: Vec<embodios_engine::Message<'_>> = messages
+                    .iter()
+                    .map(|x| embodios_engine::Message::new(&x.role, &x.content))
+                    .collect();
+                template
+                    .render(&msgs, true)
+                    .map_err(|e| BackendError::Invalid(alloc::format!("chat template: {e}")))
+            }
+        }
+    }
+}
+
 /// Sampling settings; `None` means the backend's default.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sampling {
