@@ -67,6 +67,41 @@ fn probe() -> bool {
     bit(__cpuid_count(7, 0).ebx, 5)
 }
 
+/// Cached result of [`probe_avx512`].
+static STATE_512: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// Whether, on top of [`available`], the CPU has AVX-512 F, BW, VL and VNNI and the OS
+/// saves the AVX-512 state (opmask and all 512-bit registers). Kernels compiled for these
+/// features may be chosen only when this is true; the bare-metal kernel leaves the
+/// AVX-512 state disabled in XCR0, so there this is false and the AVX2 set runs.
+#[inline]
+#[allow(dead_code)] // The AVX-512 kernels that use it land next.
+pub(super) fn avx512_available() -> bool {
+    match STATE_512.load(Ordering::Relaxed) {
+        PRESENT => true,
+        ABSENT => false,
+        _ => {
+            let ok = available() && probe_avx512();
+            STATE_512.store(if ok { PRESENT } else { ABSENT }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+fn probe_avx512() -> bool {
+    let bit = |reg: u32, n: u32| (reg >> n) & 1 == 1;
+    // `available()` has checked OSXSAVE and that leaf 7 exists.
+    // SAFETY: OSXSAVE is set (checked by `available`), so XGETBV exists.
+    let xcr0 = unsafe { xcr0() };
+    // Bits 5, 6 and 7: opmask, upper halves of ZMM0-15, and ZMM16-31.
+    if xcr0 & 0b1110_0000 != 0b1110_0000 {
+        return false;
+    }
+    let l7 = __cpuid_count(7, 0);
+    // EBX 16: AVX512F, 30: AVX512BW, 31: AVX512VL; ECX 11: AVX512_VNNI.
+    bit(l7.ebx, 16) && bit(l7.ebx, 30) && bit(l7.ebx, 31) && bit(l7.ecx, 11)
+}
+
 /// Reads XCR0. Callers must have checked CPUID's OSXSAVE bit.
 #[target_feature(enable = "xsave")]
 unsafe fn xcr0() -> u64 {
