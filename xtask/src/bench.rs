@@ -184,7 +184,10 @@ struct Stat {
 }
 
 fn stat(rounds: &[Round], f: impl Fn(&Round) -> f64) -> Stat {
-    let mut v: Vec<f64> = rounds.iter().map(f).collect();
+    stat_of(rounds.iter().map(f).collect())
+}
+
+fn stat_of(mut v: Vec<f64>) -> Stat {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return Stat {
@@ -193,8 +196,16 @@ fn stat(rounds: &[Round], f: impl Fn(&Round) -> f64) -> Stat {
             max: 0.0,
         };
     }
+    // With an even count the median is the mean of the two middle values (with two
+    // rounds, their mean), not the upper one.
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
     Stat {
-        median: v[v.len() / 2],
+        median,
         min: v[0],
         max: v[v.len() - 1],
     }
@@ -960,6 +971,15 @@ mod tests {
         assert_eq!(quantile(&v, 0.5), 50.0);
         assert_eq!(quantile(&v, 0.99), 99.0);
         assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        let s = stat_of(vec![4.0, 1.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert_eq!(stat_of(vec![3.0, 1.0, 2.0]).median, 2.0);
+        assert_eq!(stat_of(vec![1.0, 9.0, 2.0, 3.0]).median, 2.5);
+        assert_eq!(stat_of(Vec::new()).median, 0.0);
     }
 
     #[test]
