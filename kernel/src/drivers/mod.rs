@@ -12,5 +12,6 @@ pub mod nvme;
 pub mod pci;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;
 pub mod virtio_blk;
 pub mod virtio_net;

@@ -1,16 +1,15 @@
 //! virtio-blk over PCI through the `virtio-drivers` crate (its PCI transport and the
-//! `Hal` of [`super::virtio_net`]): large reads are split into requests kept in
+//! `Hal` of [`super::virtio`]): large reads are split into requests kept in
 //! flight together on the one virtqueue, polled.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use virtio_drivers::device::blk::{BlkReq, BlkResp, RespStatus, VirtIOBlk, SECTOR_SIZE};
-use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 
 use super::pci;
-use super::virtio_net::{Config, KernelHal};
+use super::virtio::{self, KernelHal, VirtioError};
 use crate::storage::{BlockDevice, DiskError};
 
 /// Bytes per request (one descriptor; physically contiguous thanks to the identity
@@ -20,24 +19,6 @@ const REQUEST_BYTES: usize = 256 << 10;
 const IN_FLIGHT: usize = 4;
 /// How long one request may take.
 const TIMEOUT_MS: u64 = 10_000;
-
-/// Why a virtio-blk function could not be used.
-#[derive(Debug)]
-pub enum VirtioBlkError {
-    /// The PCI transport (capabilities, BARs) was refused.
-    Transport(virtio_drivers::transport::pci::VirtioPciError),
-    /// Feature negotiation or queue setup failed.
-    Device(virtio_drivers::Error),
-}
-
-impl core::fmt::Display for VirtioBlkError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            VirtioBlkError::Transport(e) => write!(f, "virtio PCI transport: {e}"),
-            VirtioBlkError::Device(e) => write!(f, "virtio-blk setup: {e}"),
-        }
-    }
-}
 
 /// A virtio-blk disk.
 pub struct VirtioBlk {
@@ -56,17 +37,9 @@ pub fn matches(d: &pci::Device) -> bool {
 }
 
 /// Sets up the device at `d`.
-pub fn probe(d: &pci::Device) -> Result<VirtioBlk, VirtioBlkError> {
-    pci::enable(d);
-    let mut root = PciRoot::new(Config(pci::access()));
-    let df = DeviceFunction {
-        bus: d.addr.bus,
-        device: d.addr.device,
-        function: d.addr.function,
-    };
-    let transport =
-        PciTransport::new::<KernelHal, _>(&mut root, df).map_err(VirtioBlkError::Transport)?;
-    let mut dev = VirtIOBlk::new(transport).map_err(VirtioBlkError::Device)?;
+pub fn probe(d: &pci::Device) -> Result<VirtioBlk, VirtioError> {
+    let transport = virtio::open(d)?;
+    let mut dev = VirtIOBlk::new(transport).map_err(|e| VirtioError::Device("virtio-blk", e))?;
     let mut raw = [0u8; 20];
     let id = match dev.device_id(&mut raw) {
         Ok(n) => String::from_utf8_lossy(&raw[..n.min(20)]).into_owned(),
