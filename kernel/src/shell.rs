@@ -650,6 +650,13 @@ fn cpu_info() {
     }
     println!("features: {}", feats.join(" "));
     println!("AVX2: {}", if simd::has_avx2() { "on" } else { "off" });
+    match interrupts::avx512_state_bytes() {
+        Some(n) => println!(
+            "AVX-512: on (XSAVE state {n} of {} bytes saved per interrupt)",
+            interrupts::XSAVE_AREA_BYTES
+        ),
+        None => println!("AVX-512: off"),
+    }
     let khz = time::tsc_khz();
     println!("TSC: {}.{:03} MHz", khz / 1000, khz % 1000);
     println!(

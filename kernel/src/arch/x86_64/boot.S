@@ -242,7 +242,11 @@ ap_long_mode:
     jmp 7b
 
 // Enables x87/SSE state (FNINIT) and, when CPUID offers XSAVE, CR4.OSXSAVE with
-// XCR0 = x87 | SSE, plus AVX when CPUID offers it. Clobbers rax, rcx, rdx.
+// XCR0 = x87 | SSE, plus AVX when CPUID offers it, plus the three AVX-512 components
+// (opmask, upper halves of ZMM0-15, ZMM16-31) when CPUID reports AVX512F and XSAVE
+// manages all three. isr.S saves all of them (its area holds the standard layout up to
+// ZMM31). Runs on every core (BSP and APs), since XCR0 is per core. Clobbers rax, rcx,
+// rdx, rsi.
 .global enable_simd
 enable_simd:
     push %rbx
@@ -254,11 +258,28 @@ enable_simd:
     mov %cr4, %rax
     or $(1 << 18), %rax                       // OSXSAVE
     mov %rax, %cr4
-    mov $3, %eax                              // x87 | SSE
+    mov $3, %esi                              // x87 | SSE
     test $(1 << 28), %ecx                     // AVX
     jz 8f
-    or $4, %eax                               // | AVX (upper ymm halves)
+    or $4, %esi                               // | AVX (upper ymm halves)
+    xor %eax, %eax
+    cpuid
+    cmp $0xd, %eax                            // leaves 7 and 0xD exist?
+    jb 8f
+    mov $7, %eax
+    xor %ecx, %ecx
+    cpuid
+    test $(1 << 16), %ebx                     // AVX512F
+    jz 8f
+    mov $0xd, %eax
+    xor %ecx, %ecx
+    cpuid                                     // EAX: XCR0 bits XSAVE supports
+    and $0xe0, %eax
+    cmp $0xe0, %eax
+    jne 8f
+    or $0xe0, %esi                            // | opmask | ZMM_Hi256 | Hi16_ZMM
 8:
+    mov %esi, %eax
     xor %edx, %edx
     xor %ecx, %ecx
     xsetbv

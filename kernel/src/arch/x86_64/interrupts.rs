@@ -33,6 +33,73 @@ pub const IST_CRITICAL: u8 = 1;
 #[no_mangle]
 pub static USE_XSAVE: AtomicBool = AtomicBool::new(false);
 
+/// Bytes isr.S reserves for the vector state: the standard XSAVE layout through the
+/// last AVX-512 component (ZMM16-31 end at byte 2688).
+pub const XSAVE_AREA_BYTES: u32 = 2688;
+
+/// XCR0's AVX-512 components: opmask, upper halves of ZMM0-15, ZMM16-31.
+const XCR0_AVX512: u64 = 0xe0;
+
+/// Cleared when a core found the enabled vector state larger than isr.S's area; every
+/// later core then leaves AVX-512 off too, so all cores agree.
+static AVX512_FITS: AtomicBool = AtomicBool::new(true);
+
+/// Keeps this core's enabled vector state within what isr.S saves. `enable_simd`
+/// (boot.S) turned AVX-512 on where the CPU has it; if CPUID reports a larger XSAVE area
+/// for the enabled components than [`XSAVE_AREA_BYTES`] (or another core did), AVX-512
+/// is switched off again and the engine picks its AVX2 kernels. Call on every core,
+/// before it runs any vector code beyond boot.
+pub fn fit_vector_state() {
+    if !USE_XSAVE.load(Ordering::SeqCst) {
+        return;
+    }
+    let xcr0 = read_xcr0();
+    if xcr0 & XCR0_AVX512 == 0 {
+        return;
+    }
+    // CPUID.(EAX=0xD, ECX=0):EBX: XSAVE area size for the components XCR0 enables.
+    let needed = core::arch::x86_64::__cpuid_count(0xd, 0).ebx;
+    if needed > XSAVE_AREA_BYTES || !AVX512_FITS.load(Ordering::SeqCst) {
+        AVX512_FITS.store(false, Ordering::SeqCst);
+        // SAFETY: clearing AVX-512 components keeps x87|SSE|AVX, a valid XCR0 on a CPU
+        // that had them enabled; no AVX-512 code has run on this core yet.
+        unsafe { write_xcr0(xcr0 & !XCR0_AVX512) };
+    }
+}
+
+/// The AVX-512 state this core saves on interrupts, if it is enabled: the XSAVE area
+/// size CPUID reports for the enabled components. For `cpu`.
+pub fn avx512_state_bytes() -> Option<u32> {
+    if !USE_XSAVE.load(Ordering::SeqCst) || read_xcr0() & XCR0_AVX512 != XCR0_AVX512 {
+        return None;
+    }
+    Some(core::arch::x86_64::__cpuid_count(0xd, 0).ebx)
+}
+
+fn read_xcr0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: called only once XSAVE is enabled (USE_XSAVE), so CR4.OSXSAVE is set and
+    // XGETBV with ECX = 0 is valid; it only reads XCR0.
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi,
+            options(nomem, nostack, preserves_flags));
+    }
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// Writes XCR0.
+///
+/// # Safety
+/// `value` must be a valid XCR0 for this CPU (x87 set; AVX only with SSE).
+unsafe fn write_xcr0(value: u64) {
+    // SAFETY: CR4.OSXSAVE is set (callers check USE_XSAVE) and the caller guarantees a
+    // valid value, so XSETBV does not fault.
+    unsafe {
+        core::arch::asm!("xsetbv", in("ecx") 0, in("eax") value as u32,
+            in("edx") (value >> 32) as u32, options(nomem, nostack));
+    }
+}
+
 /// Registers saved on interrupt entry, lowest address first.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]

@@ -1,7 +1,10 @@
 // Common interrupt entry (AT&T syntax): every stub pushed an error code (or 0) and its
-// vector. Saves all general registers, then the whole vector state (XSAVE with x87,
-// SSE and AVX when enabled, FXSAVE otherwise) in a 64-byte aligned area on the stack,
-// calls `trap_dispatch(&mut TrapFrame)` and restores everything.
+// vector. Saves all general registers, then the whole vector state (XSAVE of every
+// component XCR0 enables: x87, SSE, AVX and, where the CPU has it, AVX-512; FXSAVE
+// without XSAVE) in a 64-byte aligned area on the stack, calls
+// `trap_dispatch(&mut TrapFrame)` and restores everything. The area is 2688 bytes, the
+// standard XSAVE layout through ZMM16-31 (interrupts::XSAVE_AREA_BYTES; boot checks
+// that CPUID's size for the enabled components fits).
 .section .text
 .global isr_common
 isr_common:
@@ -21,7 +24,7 @@ isr_common:
     push %r14
     push %r15
     mov %rsp, %rbx
-    sub $1152, %rsp
+    sub $2688, %rsp
     and $-64, %rsp
     cmpb $0, USE_XSAVE(%rip)
     je 1f

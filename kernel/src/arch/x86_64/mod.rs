@@ -55,6 +55,7 @@ pub fn init_bsp(boot: &boot::BootInfo, start_smp: bool) {
         .get_feature_info()
         .is_some_and(|f| f.has_oxsave());
     interrupts::USE_XSAVE.store(xsave, Ordering::SeqCst);
+    interrupts::fit_vector_state();
     let acpi = acpi::init(boot.acpi_root);
     apic::disable_pic();
     apic::enable_local();

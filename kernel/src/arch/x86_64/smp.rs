@@ -158,6 +158,7 @@ extern "C" fn ap_main(slot: u64) -> ! {
     paging::init_pat();
     paging::activate();
     interrupts::load_idt();
+    interrupts::fit_vector_state();
     gdt::init_cpu();
     apic::enable_local();
     PERCPU[slot].online.store(true, Ordering::SeqCst);
