@@ -198,8 +198,8 @@ pub fn matmul_set(
         // are at most `total_rows / min_chunk + MAX_PRODUCTS <= MAX_CHUNKS` chunks: none
         // is dropped.
         type Chunk<'o> = Option<(usize, usize, &'o mut [f32])>;
-        let chunks: [spin::Mutex<Chunk<'_>>; MAX_CHUNKS] =
-            core::array::from_fn(|_| spin::Mutex::new(None));
+        let chunks: [Line<spin::Mutex<Chunk<'_>>>; MAX_CHUNKS] =
+            core::array::from_fn(|_| Line(spin::Mutex::new(None)));
         let mut n_chunks = 0;
         for (pi, (t, input)) in targets.iter_mut().zip(&inputs).enumerate() {
             let Some(input) = input else { continue };
@@ -213,23 +213,42 @@ pub fn matmul_set(
                 uncut -= len;
                 let (head, tail) = rest.split_at_mut(len * tokens);
                 if let Some(c) = chunks.get(n_chunks) {
-                    *c.lock() = Some((pi, first, head));
+                    *c.0.lock() = Some((pi, first, head));
                 }
                 n_chunks += 1;
                 rest = tail;
                 first += len;
             }
         }
-        let next = AtomicUsize::new(0);
-        par.run(&|_| loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(chunk) = chunks.get(i).filter(|_| i < n_chunks) else {
-                break;
-            };
-            if let Some((pi, first, slice)) = chunk.lock().as_mut() {
-                if let Some(Some(input)) = inputs.get(*pi) {
-                    rows_into(input, tokens, *first, slice);
+        // Worker `k` (of the first `workers`) starts with chunk `k`, the largest ones,
+        // without touching the shared counter; the rest are claimed through it; at the
+        // end every worker sweeps the first chunks for any whose worker never came. A
+        // chunk is taken out of its slot (each is done once) and computed outside the
+        // lock. Counter and slots sit on their own cache lines: a claim then moves at
+        // most two lines between cores.
+        let owned = workers.min(n_chunks);
+        let next = Line(AtomicUsize::new(owned));
+        let take = |i: usize| {
+            let taken = chunks.get(i).and_then(|c| c.0.lock().take());
+            if let Some((pi, first, slice)) = taken {
+                if let Some(Some(input)) = inputs.get(pi) {
+                    rows_into(input, tokens, first, slice);
                 }
+            }
+        };
+        par.run(&|k| {
+            if k < owned {
+                take(k);
+            }
+            loop {
+                let i = next.0.fetch_add(1, Ordering::Relaxed);
+                if i >= n_chunks {
+                    break;
+                }
+                take(i);
+            }
+            for i in 0..owned {
+                take(i);
             }
         });
     }
@@ -288,6 +307,11 @@ pub fn matmul_set(
     }
     Ok(())
 }
+
+/// A value alone on its cache line, so that threads writing neighbouring values do not
+/// pass the line back and forth.
+#[repr(align(64))]
+struct Line<T>(T);
 
 /// Below this many tokens per worker the transposition stays on one thread.
 const TOKENS_PER_TRANSPOSE_WORKER: usize = 8;
