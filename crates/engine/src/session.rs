@@ -164,6 +164,24 @@ impl KvCache {
         (layer * self.capacity + pos) * self.kv_dim()
     }
 
+    /// Prefetches the cache lines that storing position `pos` of `layer` will write:
+    /// one line of every V row (and the K row). Every one of them misses the cache
+    /// otherwise (a token's weights have streamed through it since the line was last
+    /// used), and the stores, one after the other on one thread while the other
+    /// workers waited, took about 2% of a decoded token. Issued before the layer's Q/K/V
+    /// product, the lines have arrived by the time that product's results are stored.
+    fn prefetch_pos(&self, layer: usize, pos: usize) {
+        let k0 = self.k_at(layer, pos);
+        for x in self.k.iter().skip(k0).take(self.kv_dim()).step_by(32) {
+            crate::simd::prefetch(x);
+        }
+        for r in 0..self.kv_dim() {
+            if let Some(x) = self.v.get(self.v_row(layer, 0, r) + pos) {
+                crate::simd::prefetch(x);
+            }
+        }
+    }
+
     fn v_row(&self, layer: usize, head: usize, dim: usize) -> usize {
         ((layer * self.n_head_kv + head) * self.head_dim + dim) * self.v_stride
     }
@@ -766,6 +784,9 @@ impl Model<'_> {
             let swa = c.is_swa(l);
             let (x, xn) = (&mut s.x[..b * e], &mut s.xn[..b * e]);
             let (q, k, v) = (&mut s.q[..b * qd], &mut s.k[..b * kvd], &mut s.v[..b * kvd]);
+            if b == 1 {
+                cache.prefetch_pos(l, pos0);
+            }
             // Attention.
             self.norm_each(&layer.attn_norm, x, xn, e);
             trace_each(trace, "attn_norm", l, xn, b);
