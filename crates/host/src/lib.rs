@@ -139,7 +139,8 @@ impl Backoff {
     fn step(&mut self) -> bool {
         if !self.yielding {
             self.spins = self.spins.wrapping_add(1);
-            if self.spins % SPINS_PER_CLOCK_CHECK != 0 || self.start.elapsed() < SPIN_TIME {
+            if !self.spins.is_multiple_of(SPINS_PER_CLOCK_CHECK) || self.start.elapsed() < SPIN_TIME
+            {
                 std::hint::spin_loop();
                 return true;
             }
