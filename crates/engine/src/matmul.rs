@@ -540,7 +540,8 @@ mod tests {
                 outs
             };
             let want = run(&Serial(1));
-            for workers in [2, 3, 7] {
+            // 64 workers: the most chunks the stack array must hold.
+            for workers in [2, 3, 7, 64] {
                 for (got, how) in [
                     (run(&Serial(workers)), "all"),
                     (run(&OnlyCaller(workers)), "caller only"),
