@@ -23,8 +23,12 @@ pub const MAX_PRODUCTS: usize = 3;
 /// Most workers one product set is split over (more threads than this stay idle).
 const MAX_WORKERS: usize = 64;
 
-/// Chunks per worker a product set is cut into when the rows allow it.
-const CHUNKS_PER_WORKER: usize = 8;
+/// A chunk takes this share of the rows not yet cut, per worker: chunks shrink as the
+/// set is worked through ("guided" scheduling), so the first ones are large (few claims)
+/// and the last ones small, and the workers finish within a small chunk of each other.
+/// (Equal chunks of an eighth per worker left one worker idle for half a chunk on
+/// average at the end of every product set: ~150 sets per token.)
+const SHARE_PER_WORKER: usize = 2;
 
 /// Most chunks one product set is cut into (the split lives on the stack, so it is
 /// bounded; large matrices get larger chunks).
@@ -177,46 +181,74 @@ pub fn matmul_set(
             }
         }
     } else {
-        // The rows are cut into chunks (several per worker, so that a worker that
-        // starts late or runs slower takes fewer and all finish together), claimed in
+        // The rows are cut into shrinking chunks (several per worker, so that a worker
+        // that starts late or runs slower takes fewer and all finish together), claimed in
         // order through an atomic counter. Each chunk's output slice is handed over
         // through an uncontended lock so the engine needs no unsafe code to share the
         // outputs; everything lives on the stack (nothing is allocated per token).
-        let per_chunk = (total_rows / (CHUNKS_PER_WORKER * workers))
-            .max(MIN_DOTS_PER_WORKER.div_ceil(tokens))
+        // The smallest chunk: enough dot products to be worth a claim, and large enough
+        // that the chunks fit the stack array. Sizes are multiples of four rows (the
+        // four-row kernels' step; any cut gives the same bits).
+        let min_chunk = MIN_DOTS_PER_WORKER
+            .div_ceil(tokens)
             .max(total_rows.div_ceil(MAX_CHUNKS - MAX_PRODUCTS))
             .next_multiple_of(4);
-        // Each product's last chunk may be short, so there are at most
-        // `total_rows / per_chunk + MAX_PRODUCTS <= MAX_CHUNKS` chunks: none is dropped.
+        let mut uncut = total_rows;
+        // Every chunk but each product's last has at least `min_chunk` rows, so there
+        // are at most `total_rows / min_chunk + MAX_PRODUCTS <= MAX_CHUNKS` chunks: none
+        // is dropped.
         type Chunk<'o> = Option<(usize, usize, &'o mut [f32])>;
-        let chunks: [spin::Mutex<Chunk<'_>>; MAX_CHUNKS] =
-            core::array::from_fn(|_| spin::Mutex::new(None));
+        let chunks: [Line<spin::Mutex<Chunk<'_>>>; MAX_CHUNKS] =
+            core::array::from_fn(|_| Line(spin::Mutex::new(None)));
         let mut n_chunks = 0;
         for (pi, (t, input)) in targets.iter_mut().zip(&inputs).enumerate() {
             let Some(input) = input else { continue };
             let mut rest: &mut [f32] = core::mem::take(t);
             let mut first = 0;
             while first < input.w.rows {
-                let len = per_chunk.min(input.w.rows - first);
+                let len = (uncut / (SHARE_PER_WORKER * workers))
+                    .next_multiple_of(4)
+                    .max(min_chunk)
+                    .min(input.w.rows - first);
+                uncut -= len;
                 let (head, tail) = rest.split_at_mut(len * tokens);
                 if let Some(c) = chunks.get(n_chunks) {
-                    *c.lock() = Some((pi, first, head));
+                    *c.0.lock() = Some((pi, first, head));
                 }
                 n_chunks += 1;
                 rest = tail;
                 first += len;
             }
         }
-        let next = AtomicUsize::new(0);
-        par.run(&|_| loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(chunk) = chunks.get(i).filter(|_| i < n_chunks) else {
-                break;
-            };
-            if let Some((pi, first, slice)) = chunk.lock().as_mut() {
-                if let Some(Some(input)) = inputs.get(*pi) {
-                    rows_into(input, tokens, *first, slice);
+        // Worker `k` (of the first `workers`) starts with chunk `k`, the largest ones,
+        // without touching the shared counter; the rest are claimed through it; at the
+        // end every worker sweeps the first chunks for any whose worker never came. A
+        // chunk is taken out of its slot (each is done once) and computed outside the
+        // lock. Counter and slots sit on their own cache lines: a claim then moves at
+        // most two lines between cores.
+        let owned = workers.min(n_chunks);
+        let next = Line(AtomicUsize::new(owned));
+        let take = |i: usize| {
+            let taken = chunks.get(i).and_then(|c| c.0.lock().take());
+            if let Some((pi, first, slice)) = taken {
+                if let Some(Some(input)) = inputs.get(pi) {
+                    rows_into(input, tokens, first, slice);
                 }
+            }
+        };
+        par.run(&|k| {
+            if k < owned {
+                take(k);
+            }
+            loop {
+                let i = next.0.fetch_add(1, Ordering::Relaxed);
+                if i >= n_chunks {
+                    break;
+                }
+                take(i);
+            }
+            for i in 0..owned {
+                take(i);
             }
         });
     }
@@ -275,6 +307,11 @@ pub fn matmul_set(
     }
     Ok(())
 }
+
+/// A value alone on its cache line, so that threads writing neighbouring values do not
+/// pass the line back and forth.
+#[repr(align(64))]
+struct Line<T>(T);
 
 /// Below this many tokens per worker the transposition stays on one thread.
 const TOKENS_PER_TRANSPOSE_WORKER: usize = 8;
@@ -503,7 +540,8 @@ mod tests {
                 outs
             };
             let want = run(&Serial(1));
-            for workers in [2, 3, 7] {
+            // 64 workers: the most chunks the stack array must hold.
+            for workers in [2, 3, 7, 64] {
                 for (got, how) in [
                     (run(&Serial(workers)), "all"),
                     (run(&OnlyCaller(workers)), "caller only"),

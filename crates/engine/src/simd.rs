@@ -97,6 +97,21 @@ pub fn exp_sub(x: &mut [f32], max: f32, avx2: bool) {
     }
 }
 
+/// Asks the CPU to bring the cache line holding `x` close (into L1) ahead of a use;
+/// only a hint (nothing happens where there is no prefetch instruction), it never
+/// changes a result.
+#[inline(always)]
+pub fn prefetch<T>(x: &T) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults or writes; the pointer comes from a reference.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((x as *const T).cast::<i8>()) };
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    let _ = x;
+}
+
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod x86 {
     use core::arch::x86_64::*;

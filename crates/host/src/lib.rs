@@ -9,7 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use embodios_engine::generate::Clock;
 pub use embodios_engine::parallel::Parallel;
@@ -21,17 +21,31 @@ pub use embodios_engine::parallel::Parallel;
 /// outlives the closure.
 type ErasedJob = &'static (dyn Fn(usize) + Sync);
 
-/// A waiting thread first spins this many times: a token's forward pass posts a few
-/// hundred short jobs, microseconds apart, and a wake-up through the operating system
-/// costs more than such a job...
-const SPIN_LIMIT: u32 = 256;
-/// ...then yields its time slice this many times (so that, when the machine has fewer
-/// free cores than pool threads, the thread it waits for can run), and then a worker
-/// goes to sleep on the condition variable while the caller keeps yielding.
-const YIELD_LIMIT: u32 = 64;
-/// Between two checks of a spinning wait: a few `pause`s, so a spinning core leaves the
-/// memory system and its sibling alone.
-const PAUSES_PER_SPIN: u32 = 1;
+/// A waiting thread first spins (with `pause`) for this long: a token's forward pass
+/// posts a few hundred short jobs, microseconds apart (the gaps are the sequential
+/// pieces between them), and a wake-up through the operating system costs more than
+/// such a job...
+const SPIN_TIME: Duration = Duration::from_micros(30);
+/// ...but only this long while the machine is short of cores (see [`CONTENDED_YIELD`]):
+/// a thread spinning for a thread that is not running keeps a core from it. (Spinning
+/// 15-50 us with one busy process beside a 2-thread pool on 2 cores made decoding 30-60%
+/// slower than spinning a few.)
+const SPIN_TIME_CONTENDED: Duration = Duration::from_micros(3);
+/// ...then yields its time slice until this long after the wait began; only then does a
+/// worker go to sleep on the condition variable while the caller keeps yielding. The
+/// gap between two tokens (sampling, printing) is well under this, so a generating
+/// pool's workers stay awake from token to token: a sleeping worker's wake-up took tens
+/// of microseconds, varying from token to token (jitter).
+const YIELD_TIME: Duration = Duration::from_millis(3);
+/// A yield that took longer than this gave the core to another runnable thread: the
+/// machine has more work than cores. A waiting worker then goes to sleep at once
+/// instead of competing for a core with the thread it waits for, and every wait spins
+/// only [`SPIN_TIME_CONTENDED`] for the next [`CONTENTION_MEMORY`].
+const CONTENDED_YIELD: Duration = Duration::from_micros(20);
+/// How long a contended yield counts.
+const CONTENTION_MEMORY: Duration = Duration::from_millis(100);
+/// Spins between two looks at the clock while spinning.
+const SPINS_PER_CLOCK_CHECK: u32 = 32;
 
 /// A value alone on its cache line (two of the 64-byte lines, as the adjacent-line
 /// prefetcher pairs them), so a thread writing it does not slow threads reading others.
@@ -53,6 +67,10 @@ struct Shared {
     /// Workers asleep (or about to sleep) on `wake`: `run` only pays for a wake-up
     /// system call when this is non-zero.
     sleepers: Padded<AtomicUsize>,
+    /// When a contended yield was last seen, in microseconds after `epoch` (plus one;
+    /// 0: never).
+    contended_at: Padded<AtomicU64>,
+    epoch: Instant,
     sleep: Mutex<()>,
     wake: Condvar,
 }
@@ -66,8 +84,9 @@ unsafe impl Sync for Shared {}
 /// A fixed set of worker threads, created once, that run [`Parallel`] jobs.
 ///
 /// The calling thread takes part as index 0, so a pool of `n` threads starts `n - 1`
-/// workers. Between jobs workers spin for a while (tens of microseconds), then yield,
-/// then sleep on a condition variable; each worker reports completion in its own
+/// workers. Between jobs workers spin for a while (tens of microseconds), then yield
+/// (a few milliseconds, longer than the gap between two tokens), then sleep on a
+/// condition variable; each worker reports completion in its own
 /// cache-line-padded slot.
 pub struct ThreadPool {
     threads: usize,
@@ -89,6 +108,8 @@ impl ThreadPool {
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             sleepers: Padded(AtomicUsize::new(0)),
+            contended_at: Padded(AtomicU64::new(0)),
+            epoch: Instant::now(),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -114,27 +135,68 @@ impl ThreadPool {
     }
 }
 
-/// One step of a spinning wait: `pause` while `spins` is small, then yield the core.
-/// Returns false once the caller should block instead (after [`YIELD_LIMIT`] yields).
-fn backoff(spins: &mut u32) -> bool {
-    if *spins < SPIN_LIMIT {
-        *spins += 1;
-        for _ in 0..PAUSES_PER_SPIN {
-            std::hint::spin_loop();
+/// A spinning wait in progress: spin, then yield, then give up (see [`SPIN_TIME`]).
+struct Backoff<'a> {
+    shared: &'a Shared,
+    start: Instant,
+    spin_time: Duration,
+    spins: u32,
+    yielding: bool,
+}
+
+impl<'a> Backoff<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        let start = Instant::now();
+        let last = shared.contended_at.0.load(Ordering::Relaxed);
+        let since_start = start.duration_since(shared.epoch);
+        let contended = last != 0
+            && since_start.saturating_sub(Duration::from_micros(last - 1)) < CONTENTION_MEMORY;
+        Self {
+            shared,
+            start,
+            spin_time: if contended {
+                SPIN_TIME_CONTENDED
+            } else {
+                SPIN_TIME
+            },
+            spins: 0,
+            yielding: false,
         }
-        true
-    } else if *spins < SPIN_LIMIT + YIELD_LIMIT {
-        *spins += 1;
+    }
+
+    /// One step: `pause` while spinning, then yield the core. Returns false once the
+    /// caller should block instead (after [`YIELD_TIME`], or after a yield that let
+    /// another thread run: see [`CONTENDED_YIELD`]).
+    fn step(&mut self) -> bool {
+        if !self.yielding {
+            self.spins = self.spins.wrapping_add(1);
+            if !self.spins.is_multiple_of(SPINS_PER_CLOCK_CHECK)
+                || self.start.elapsed() < self.spin_time
+            {
+                std::hint::spin_loop();
+                return true;
+            }
+            self.yielding = true;
+        }
+        if self.start.elapsed() >= YIELD_TIME {
+            return false;
+        }
+        let before = Instant::now();
         thread::yield_now();
-        true
-    } else {
+        let after = Instant::now();
+        if after.duration_since(before) < CONTENDED_YIELD {
+            return true;
+        }
+        let at = after.duration_since(self.shared.epoch).as_micros();
+        let at = u64::try_from(at).unwrap_or(u64::MAX - 1) + 1;
+        self.shared.contended_at.0.store(at, Ordering::Relaxed);
         false
     }
 }
 
 /// Waits until the generation differs from `seen` (or shutdown); returns the new one.
 fn wait_for_job(shared: &Shared, seen: u64) -> Option<u64> {
-    let mut spins = 0u32;
+    let mut wait = Backoff::new(shared);
     loop {
         if shared.shutdown.load(Ordering::Acquire) {
             return None;
@@ -143,7 +205,7 @@ fn wait_for_job(shared: &Shared, seen: u64) -> Option<u64> {
         if g != seen {
             return Some(g);
         }
-        if backoff(&mut spins) {
+        if wait.step() {
             continue;
         }
         // Sleep. Announce it first (SeqCst, paired with `run`'s SeqCst bump and load):
@@ -159,7 +221,7 @@ fn wait_for_job(shared: &Shared, seen: u64) -> Option<u64> {
             drop(guard);
         }
         shared.sleepers.0.fetch_sub(1, Ordering::SeqCst);
-        spins = 0;
+        wait = Backoff::new(shared);
     }
 }
 
@@ -214,9 +276,9 @@ impl Parallel for ThreadPool {
         let mine = panic::catch_unwind(AssertUnwindSafe(|| job(0)));
 
         for slot in sh.done.iter() {
-            let mut spins = 0u32;
+            let mut wait = Backoff::new(sh);
             while slot.0.load(Ordering::Acquire) != g {
-                if !backoff(&mut spins) {
+                if !wait.step() {
                     thread::yield_now();
                 }
             }
