@@ -274,6 +274,13 @@ pub fn simd_panel_kernels(ty: GgmlType) -> [Option<PanelFn>; 2] {
     simd::panel_variants(ty)
 }
 
+/// Makes [`panel_kernel`] hand out nothing (`true`), so that callers take their
+/// per-row kernels, or go back to the automatic choice (`false`). For A/B benchmarks in
+/// one process; process-wide, like [`force_scalar`].
+pub fn disable_panels(off: bool) {
+    simd::set_no_panels(off);
+}
+
 /// Which panel kernels [`panel_kernel`] hands out: `"avx512-vnni"`, `"avx2"`, or
 /// `"none"` (scalar set active).
 pub fn active_panel_set() -> &'static str {

@@ -159,9 +159,19 @@ pub(crate) fn tile(ty: GgmlType) -> Option<crate::VecDotTileFn> {
     backend::tile(ty)
 }
 
+/// Set by [`crate::disable_panels`]: hand out no panel kernels (benchmarks).
+static NO_PANELS: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_no_panels(on: bool) {
+    NO_PANELS.store(on, Ordering::Relaxed);
+}
+
 /// The SIMD panel kernel of `ty`, if a SIMD set is usable right now and has one.
 pub(crate) fn panel(ty: GgmlType) -> Option<crate::PanelFn> {
-    if FORCE_SCALAR.load(Ordering::Relaxed) || !backend::available() {
+    if FORCE_SCALAR.load(Ordering::Relaxed)
+        || NO_PANELS.load(Ordering::Relaxed)
+        || !backend::available()
+    {
         return None;
     }
     backend::panel(ty)
@@ -175,7 +185,10 @@ pub(crate) fn panel_variants(ty: GgmlType) -> [Option<crate::PanelFn>; 2] {
 
 /// Which panel variant [`panel`] hands out: `"avx512-vnni"`, `"avx2"` or `"none"`.
 pub(crate) fn panel_set() -> &'static str {
-    if FORCE_SCALAR.load(Ordering::Relaxed) || !backend::available() {
+    if FORCE_SCALAR.load(Ordering::Relaxed)
+        || NO_PANELS.load(Ordering::Relaxed)
+        || !backend::available()
+    {
         return "none";
     }
     backend::panel_set_name()
