@@ -175,6 +175,16 @@ fn panels_match_the_lane_twin_on_every_tile_shape() {
                     check(panel, ty, &w, rb, &a, ab, name);
                 }
             }
+            // Rows too long for the AVX-512 kernel's unpacked-weights buffer (over 256
+            // blocks) take its other path.
+            for (rows, tokens) in [(1, 3), (5, 9), (4, 8)] {
+                let n = 32 * 260;
+                let w = quantized_rows(&mut rng, ty, n, rows, 0.1);
+                let a = act_rows(&mut rng, ty, n, tokens);
+                let rb = row_bytes(ty, n).unwrap();
+                let ab = row_bytes(act_type(ty), n).unwrap();
+                check(panel, ty, &w, rb, &a, ab, &format!("{name} long rows"));
+            }
         }
     }
 }

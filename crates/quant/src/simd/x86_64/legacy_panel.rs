@@ -225,6 +225,19 @@ const ROWS_512: usize = 4;
 /// Token pairs per AVX-512 register tile (two tokens per 512-bit accumulator).
 const PAIRS_512: usize = 4;
 
+/// Most blocks per row for which a row tile's weights are unpacked once into a stack
+/// buffer (levels and f32 scales) and reused by every token tile; longer rows (over
+/// 8192 elements) unpack each block again per token tile.
+const MAX_PACKED_BLOCKS: usize = 256;
+
+/// A row tile's weights unpacked: block `b` of row `r` at `r * blocks + b`.
+struct Packed {
+    /// The 32 unsigned levels (see [`levels512`]).
+    levels: [[u8; 32]; ROWS_512 * MAX_PACKED_BLOCKS],
+    /// `[d, m]` as f32 (`m` unused without a min).
+    scales: [[f32; 2]; ROWS_512 * MAX_PACKED_BLOCKS],
+}
+
 /// Runs the whole panel in `ROWS_512` x `2 * PAIRS_512` tiles, then the remainders.
 ///
 /// # Safety
@@ -240,27 +253,62 @@ unsafe fn drive512<const K: u8>(
     s: &Shape,
     out: &mut [f32],
 ) {
+    let mut packed = None;
+    if s.blocks <= MAX_PACKED_BLOCKS && s.tokens > 2 {
+        packed = Some(Packed {
+            levels: [[0; 32]; ROWS_512 * MAX_PACKED_BLOCKS],
+            scales: [[0.0; 2]; ROWS_512 * MAX_PACKED_BLOCKS],
+        });
+    }
     let mut r0 = 0;
     while r0 < s.rows {
         let w = weights.as_ptr().wrapping_add(r0 * row_bytes);
+        let pk = packed.as_mut();
         // SAFETY: forwarded from this function's contract, for rows `r0..r0 + R`.
         unsafe {
             if s.rows - r0 >= ROWS_512 {
-                rows512::<K, ROWS_512>(w, row_bytes, acts, act_bytes, s, r0, out);
+                rows512::<K, ROWS_512>(w, row_bytes, acts, act_bytes, s, r0, pk, out);
                 r0 += ROWS_512;
             } else {
-                rows512::<K, 1>(w, row_bytes, acts, act_bytes, s, r0, out);
+                rows512::<K, 1>(w, row_bytes, acts, act_bytes, s, r0, pk, out);
                 r0 += 1;
             }
         }
     }
 }
 
-/// Rows `r0..r0 + R` (starting at `w`) against every token.
+/// Unpacks rows `0..R` from `w` into `pk` (`s.blocks <= MAX_PACKED_BLOCKS`).
+///
+/// # Safety
+/// As [`rows512`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn pack512<const K: u8, const R: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    blocks: usize,
+    pk: &mut Packed,
+) {
+    let slots = pk.levels.iter_mut().zip(pk.scales.iter_mut());
+    for (i, (lv, sc)) in slots.take(R * blocks).enumerate() {
+        let (r, b) = (i / blocks, i % blocks);
+        // SAFETY: block `b < blocks` of row `r < R` is readable (the contract).
+        unsafe {
+            let x = w.add(r * row_bytes + b * w_bytes(K));
+            prefetch_ahead(x, 64);
+            let u = _mm512_castsi512_si256(levels512::<K>(x));
+            _mm256_storeu_si256(lv.as_mut_ptr().cast(), u);
+            let xs = _mm_cvtph_ps(_mm_cvtsi32_si128(rd32(x)));
+            *sc = [_mm_cvtss_f32(xs), _mm_cvtss_f32(_mm_movehdup_ps(xs))];
+        }
+    }
+}
+
+/// Rows `r0..r0 + R` (starting at `w`) against every token, through `pk` if given.
 ///
 /// # Safety
 /// As [`drive512`], and rows `r0..r0 + R` exist.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn rows512<const K: u8, const R: usize>(
     w: *const u8,
     row_bytes: usize,
@@ -268,8 +316,14 @@ unsafe fn rows512<const K: u8, const R: usize>(
     act_bytes: usize,
     s: &Shape,
     r0: usize,
+    mut pk: Option<&mut Packed>,
     out: &mut [f32],
 ) {
+    if let Some(pk) = pk.as_deref_mut() {
+        // SAFETY: this function's contract; `drive512` packs only short enough rows.
+        unsafe { pack512::<K, R>(w, row_bytes, s.blocks, pk) };
+    }
+    let pk = pk.as_deref();
     let a = acts.as_ptr();
     let tok = |t: usize| a.wrapping_add(t.min(s.tokens - 1) * act_bytes);
     let mut t0 = 0;
@@ -280,32 +334,28 @@ unsafe fn rows512<const K: u8, const R: usize>(
         // result is dropped).
         let pairs = left.div_ceil(2).min(PAIRS_512);
         let p = |i: usize| [tok(t0 + 2 * i), tok((t0 + 2 * i + 1).min(t0 + left - 1))];
+        let wsrc = Weights {
+            w,
+            row_bytes,
+            packed: pk,
+            blocks: s.blocks,
+            prefetch: first,
+        };
         // SAFETY: the token pointers are rows `< s.tokens`; the rest is this function's
         // contract.
         let res: [[f32; 2 * PAIRS_512]; R] = unsafe {
-            match pairs {
-                1 => widen(tile512::<K, R, 1>(w, row_bytes, [p(0)], s.blocks, first)),
-                2 => widen(tile512::<K, R, 2>(
-                    w,
-                    row_bytes,
-                    [p(0), p(1)],
-                    s.blocks,
-                    first,
-                )),
-                3 => widen(tile512::<K, R, 3>(
-                    w,
-                    row_bytes,
-                    [p(0), p(1), p(2)],
-                    s.blocks,
-                    first,
-                )),
-                _ => widen(tile512::<K, R, 4>(
-                    w,
-                    row_bytes,
+            match (pairs, pk.is_some()) {
+                (1, false) => widen(tile512::<K, R, 1, false>(&wsrc, [p(0)])),
+                (2, false) => widen(tile512::<K, R, 2, false>(&wsrc, [p(0), p(1)])),
+                (3, false) => widen(tile512::<K, R, 3, false>(&wsrc, [p(0), p(1), p(2)])),
+                (_, false) => widen(tile512::<K, R, 4, false>(
+                    &wsrc,
                     [p(0), p(1), p(2), p(3)],
-                    s.blocks,
-                    first,
                 )),
+                (1, true) => widen(tile512::<K, R, 1, true>(&wsrc, [p(0)])),
+                (2, true) => widen(tile512::<K, R, 2, true>(&wsrc, [p(0), p(1)])),
+                (3, true) => widen(tile512::<K, R, 3, true>(&wsrc, [p(0), p(1), p(2)])),
+                (_, true) => widen(tile512::<K, R, 4, true>(&wsrc, [p(0), p(1), p(2), p(3)])),
             }
         };
         let n = left.min(2 * PAIRS_512);
@@ -318,6 +368,18 @@ unsafe fn rows512<const K: u8, const R: usize>(
         t0 += n;
         first = false;
     }
+}
+
+/// Where a tile reads its weight rows from.
+struct Weights<'p> {
+    /// Row 0 of the tile in the weight matrix; rows `row_bytes` apart.
+    w: *const u8,
+    row_bytes: usize,
+    /// The tile's rows unpacked (tiles instantiated with `PACKED`).
+    packed: Option<&'p Packed>,
+    blocks: usize,
+    /// Prefetch the weight stream (the first token tile of a row tile).
+    prefetch: bool,
 }
 
 /// The results of a tile with `P` pairs as a full-width row of `2 * PAIRS_512` values.
@@ -390,20 +452,23 @@ unsafe fn levels512<const K: u8>(x: *const u8) -> __m512i {
     }
 }
 
-/// One register tile: rows `0..R` from `w` against the `P` token pairs `a` (pointers to
-/// the tokens' activation rows), over `blocks` blocks.
+/// One register tile: rows `0..R` of `src` against the `P` token pairs `a` (pointers to
+/// the tokens' activation rows), over `src.blocks` blocks; with `PACKED` the weights come
+/// from `src.packed` (which must then be `Some` and hold the tile's rows).
 ///
 /// # Safety
-/// As [`drive512`]: `w + r * row_bytes` holds `blocks` weight blocks for `r < R`, every
-/// pointer in `a` holds `blocks` activation blocks.
+/// As [`drive512`]: `src.w + r * src.row_bytes` holds `src.blocks` weight blocks for
+/// `r < R`, every pointer in `a` holds `src.blocks` activation blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn tile512<const K: u8, const R: usize, const P: usize>(
-    w: *const u8,
-    row_bytes: usize,
+unsafe fn tile512<const K: u8, const R: usize, const P: usize, const PACKED: bool>(
+    src: &Weights<'_>,
     a: [[*const u8; 2]; P],
-    blocks: usize,
-    prefetch: bool,
 ) -> [[[f32; 2]; P]; R] {
+    let (w, row_bytes, blocks, prefetch) = (src.w, src.row_bytes, src.blocks, src.prefetch);
+    let (levels, scales) = match src.packed {
+        Some(pk) if PACKED => (pk.levels.as_ptr(), pk.scales.as_ptr()),
+        _ => (core::ptr::null(), core::ptr::null()),
+    };
     let wb = w_bytes(K);
     let ab = a_bytes(K);
     let zero = _mm512_setzero_si512();
@@ -443,22 +508,28 @@ unsafe fn tile512<const K: u8, const R: usize, const P: usize>(
             let da: [__m512; P] = core::array::from_fn(|i| _mm512_permutexvar_ps(picks[i], h));
             let sa = _mm512_castps512_ps256(_mm512_permutexvar_ps(odd, h));
             for (r, (acc, mins)) in acc.iter_mut().zip(mins.iter_mut()).enumerate() {
-                let x = w.add(r * row_bytes + b * wb);
-                if prefetch {
-                    prefetch_ahead(x, 64);
-                }
-                let u = levels512::<K>(x);
-                // [d_w, m_w] exactly (F16C).
-                let xs = _mm_cvtph_ps(_mm_cvtsi32_si128(rd32(x)));
-                let dw = _mm512_broadcastss_ps(xs);
+                // The levels, and [d_w, m_w] exactly (F16C).
+                let (u, dw, mw) = if PACKED && !levels.is_null() {
+                    let at = r * blocks + b;
+                    let [d, m] = *scales.add(at);
+                    let u = _mm512_broadcast_i64x4(ld256(levels.add(at).cast()));
+                    (u, _mm512_set1_ps(d), _mm256_set1_ps(m))
+                } else {
+                    let x = w.add(r * row_bytes + b * wb);
+                    if prefetch {
+                        prefetch_ahead(x, 64);
+                    }
+                    let xs = _mm_cvtph_ps(_mm_cvtsi32_si128(rd32(x)));
+                    let m = _mm256_broadcastss_ps(_mm_movehdup_ps(xs));
+                    (levels512::<K>(x), _mm512_broadcastss_ps(xs), m)
+                };
                 for i in 0..P {
                     let d = _mm512_mul_ps(dw, da[i]);
                     let q = _mm512_dpbusd_epi32(corr[i], u, y[i]);
                     acc[i] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(q), acc[i]);
                 }
                 if has_min(K) {
-                    let m = _mm256_broadcastss_ps(_mm_movehdup_ps(xs));
-                    *mins = _mm256_fmadd_ps(m, sa, *mins);
+                    *mins = _mm256_fmadd_ps(mw, sa, *mins);
                 }
             }
         }
