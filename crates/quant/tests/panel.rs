@@ -133,7 +133,10 @@ fn variants(ty: GgmlType) -> Vec<(&'static str, PanelFn)> {
     let mut v = vec![("avx2", v2.unwrap_or_else(|| panic!("{ty}: no AVX2 panel")))];
     match v512 {
         Some(k) => v.push(("avx512", k)),
-        None => assert!(!cpu_has("avx512"), "{ty}: AVX-512 CPU without an AVX-512 panel"),
+        None => assert!(
+            !cpu_has("avx512"),
+            "{ty}: AVX-512 CPU without an AVX-512 panel"
+        ),
     }
     v
 }
@@ -194,11 +197,11 @@ fn panels_match_the_lane_twin_on_every_tile_shape() {
 fn edge_scale(rng: &mut Rng) -> [u8; 2] {
     const EDGES: [u16; 7] = [0x7BFF, 0x0001, 0x8001, 0x0000, 0x3C00, 0xBC00, 0x2E66];
     let r = rng.next_u64();
-    let h = if r % 3 == 0 {
+    let h = if r.is_multiple_of(3) {
         EDGES[(r / 3 % 7) as usize]
     } else {
         // Moderate magnitudes, either sign.
-        0x2000 + (r >> 8) as u16 % 0x2000 | ((r >> 40) as u16 & 0x8000)
+        (0x2000 + (r >> 8) as u16 % 0x2000) | ((r >> 40) as u16 & 0x8000)
     };
     h.to_le_bytes()
 }
@@ -218,9 +221,13 @@ fn garbage(rng: &mut Rng, ty: GgmlType, act: bool, n: usize, count: usize) -> Ve
         for &s in scales {
             blk[s..s + 2].copy_from_slice(&edge_scale(rng));
         }
-        if rng.next_u64() % 4 == 0 {
+        if rng.next_u64().is_multiple_of(4) {
             // Extreme levels everywhere: all -128 / all 0xFF.
-            let v = if rng.next_u64() % 2 == 0 { 0x80 } else { 0xFF };
+            let v = if rng.next_u64().is_multiple_of(2) {
+                0x80
+            } else {
+                0xFF
+            };
             let start = scales.len() * 2;
             blk[start..].fill(v);
         }
@@ -285,7 +292,15 @@ fn panels_match_the_lane_twin_on_model_rows() {
             let a = act_rows(&mut rng, t.ty, n, 11);
             let ab = row_bytes(act_type(t.ty), n).unwrap();
             for (name, panel) in variants(t.ty) {
-                check(panel, t.ty, w, rb, &a, ab, &format!("{name} {model} {}", t.name));
+                check(
+                    panel,
+                    t.ty,
+                    w,
+                    rb,
+                    &a,
+                    ab,
+                    &format!("{name} {model} {}", t.name),
+                );
             }
         }
     }

@@ -348,10 +348,7 @@ unsafe fn rows512<const K: u8, const R: usize>(
                 (1, false) => widen(tile512::<K, R, 1, false>(&wsrc, [p(0)])),
                 (2, false) => widen(tile512::<K, R, 2, false>(&wsrc, [p(0), p(1)])),
                 (3, false) => widen(tile512::<K, R, 3, false>(&wsrc, [p(0), p(1), p(2)])),
-                (_, false) => widen(tile512::<K, R, 4, false>(
-                    &wsrc,
-                    [p(0), p(1), p(2), p(3)],
-                )),
+                (_, false) => widen(tile512::<K, R, 4, false>(&wsrc, [p(0), p(1), p(2), p(3)])),
                 (1, true) => widen(tile512::<K, R, 1, true>(&wsrc, [p(0)])),
                 (2, true) => widen(tile512::<K, R, 2, true>(&wsrc, [p(0), p(1)])),
                 (3, true) => widen(tile512::<K, R, 3, true>(&wsrc, [p(0), p(1), p(2)])),
@@ -479,7 +476,9 @@ unsafe fn tile512<const K: u8, const R: usize, const P: usize, const PACKED: boo
     // the converted headers (f16 lanes `2j` = d, `2j + 1` = s of token `j`).
     let pick = |p: usize| {
         let (lo, hi) = (4 * p as i32, 4 * p as i32 + 2);
-        _mm512_setr_epi32(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi)
+        _mm512_setr_epi32(
+            lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi,
+        )
     };
     let picks: [__m512i; P] = core::array::from_fn(pick);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15);
