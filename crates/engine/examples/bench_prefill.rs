@@ -1,7 +1,8 @@
 //! Prefill CPU time of a batch of prompt tokens, with and without `embodios-quant`'s
 //! panel kernels, interleaved in one process (the machine is shared, so CPU time, summed
 //! over all threads of the process, and the best of several rounds):
-//! `cargo run --release -p embodios-engine --example bench_prefill -- MODEL.gguf [THREADS] [TOKENS] [ROUNDS]`.
+//! `cargo run --release -p embodios-engine --example bench_prefill -- MODEL.gguf [THREADS] [TOKENS] [ROUNDS] [panels]`
+//! (`panels`: only the panel runs, for profiling).
 
 use std::time::Instant;
 
@@ -45,9 +46,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = ThreadPool::new(threads)?;
     // Any ids inside every vocabulary work for timing.
     let prompt: Vec<u32> = (0..n as u32).map(|i| 100 + (i * 7919) % 20000).collect();
+    let only_panels = args.get(4).map(String::as_str) == Some("panels");
+    let modes: &[(usize, bool)] = if only_panels {
+        &[(0, true)]
+    } else {
+        &[(0, true), (1, false)]
+    };
     let mut best = [(f64::INFINITY, f64::INFINITY); 2];
     for _ in 0..rounds {
-        for (k, panels) in [(0, true), (1, false)] {
+        for &(k, panels) in modes {
             embodios_quant::disable_panels(!panels);
             let mut session = model.new_session();
             let (c0, t0) = (process_cpu(), Instant::now());
@@ -57,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     embodios_quant::disable_panels(false);
-    for (k, name) in [(0, "panels"), (1, "per-row kernels")] {
+    for &(k, name) in [(0, "panels"), (1, "per-row kernels")].iter().take(modes.len()) {
         let (cpu, wall) = best[k];
         println!(
             "{name:>16}: {n} tokens, {threads} threads: best CPU {:.1} ms ({:.0} tok/s per CPU-second), best wall {:.1} ms ({:.0} tok/s)",

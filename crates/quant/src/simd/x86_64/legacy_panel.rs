@@ -24,6 +24,7 @@
 //!   rows of the tile.
 
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
 
 use super::{hsum_ps, legacy_dot, prefetch_ahead};
 use crate::legacy::{Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES, Q8_1_BYTES};
@@ -230,12 +231,14 @@ const PAIRS_512: usize = 4;
 /// 8192 elements) unpack each block again per token tile.
 const MAX_PACKED_BLOCKS: usize = 256;
 
-/// A row tile's weights unpacked: block `b` of row `r` at `r * blocks + b`.
+/// A row tile's weights unpacked: block `b` of row `r` at `r * blocks + b`. Left
+/// uninitialized (40 KiB would otherwise be cleared on every call): [`pack512`] writes
+/// the slots of a row tile before its tiles read them.
 struct Packed {
     /// The 32 unsigned levels (see [`levels512`]).
-    levels: [[u8; 32]; ROWS_512 * MAX_PACKED_BLOCKS],
+    levels: [MaybeUninit<[u8; 32]>; ROWS_512 * MAX_PACKED_BLOCKS],
     /// `[d, m]` as f32 (`m` unused without a min).
-    scales: [[f32; 2]; ROWS_512 * MAX_PACKED_BLOCKS],
+    scales: [MaybeUninit<[f32; 2]>; ROWS_512 * MAX_PACKED_BLOCKS],
 }
 
 /// Runs the whole panel in `ROWS_512` x `2 * PAIRS_512` tiles, then the remainders.
@@ -256,8 +259,8 @@ unsafe fn drive512<const K: u8>(
     let mut packed = None;
     if s.blocks <= MAX_PACKED_BLOCKS && s.tokens > 2 {
         packed = Some(Packed {
-            levels: [[0; 32]; ROWS_512 * MAX_PACKED_BLOCKS],
-            scales: [[0.0; 2]; ROWS_512 * MAX_PACKED_BLOCKS],
+            levels: [const { MaybeUninit::uninit() }; ROWS_512 * MAX_PACKED_BLOCKS],
+            scales: [const { MaybeUninit::uninit() }; ROWS_512 * MAX_PACKED_BLOCKS],
         });
     }
     let mut r0 = 0;
@@ -298,7 +301,7 @@ unsafe fn pack512<const K: u8, const R: usize>(
             let u = _mm512_castsi512_si256(levels512::<K>(x));
             _mm256_storeu_si256(lv.as_mut_ptr().cast(), u);
             let xs = _mm_cvtph_ps(_mm_cvtsi32_si128(rd32(x)));
-            *sc = [_mm_cvtss_f32(xs), _mm_cvtss_f32(_mm_movehdup_ps(xs))];
+            sc.write([_mm_cvtss_f32(xs), _mm_cvtss_f32(_mm_movehdup_ps(xs))]);
         }
     }
 }
@@ -462,8 +465,9 @@ unsafe fn tile512<const K: u8, const R: usize, const P: usize, const PACKED: boo
     a: [[*const u8; 2]; P],
 ) -> [[[f32; 2]; P]; R] {
     let (w, row_bytes, blocks, prefetch) = (src.w, src.row_bytes, src.blocks, src.prefetch);
-    let (levels, scales) = match src.packed {
-        Some(pk) if PACKED => (pk.levels.as_ptr(), pk.scales.as_ptr()),
+    // Slots written by `pack512` for this row tile (the only ones read).
+    let (levels, scales): (*const [u8; 32], *const [f32; 2]) = match src.packed {
+        Some(pk) if PACKED => (pk.levels.as_ptr().cast(), pk.scales.as_ptr().cast()),
         _ => (core::ptr::null(), core::ptr::null()),
     };
     let wb = w_bytes(K);
