@@ -64,7 +64,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     embodios_quant::disable_panels(false);
-    for &(k, name) in [(0, "panels"), (1, "per-row kernels")].iter().take(modes.len()) {
+    for &(k, name) in [(0, "panels"), (1, "per-row kernels")]
+        .iter()
+        .take(modes.len())
+    {
         let (cpu, wall) = best[k];
         println!(
             "{name:>16}: {n} tokens, {threads} threads: best CPU {:.1} ms ({:.0} tok/s per CPU-second), best wall {:.1} ms ({:.0} tok/s)",
