@@ -259,8 +259,9 @@ pub fn tile_kernel(ty: GgmlType) -> Option<VecDotTileFn> {
 }
 
 /// The four-weight-row form of `kernels(ty)?.vec_dot` where the active kernel set has
-/// one (AVX2 kernels for Q4_0, Q4_1, Q5_0 and Q8_0); `None` otherwise, and under
-/// [`force_scalar`].
+/// one (AVX2 kernels for Q4_0, Q4_1, Q5_0 and Q8_0; with AVX-512 F/BW/VL/VNNI, kernels
+/// holding two rows per 512-bit register for those and Q5_1); `None` otherwise, and
+/// under [`force_scalar`].
 pub fn vec_dot_rows4(ty: GgmlType) -> Option<VecDotRows4Fn> {
     simd::vec_dot_rows4(ty)
 }

@@ -3,15 +3,16 @@
 //! bit: every legacy block format, both variants (AVX2, and AVX-512 where the CPU has
 //! it), all tile remainders (1..=13 rows, 1..=17 tokens), on quantized random rows,
 //! adversarial bytes (-128 activation bytes, level extremes, tiny and huge scales) and
-//! real rows of both reference models; plus the dispatch API.
+//! real rows of both reference models; and the four-row decode kernels. (The dispatch
+//! API, which flips the process-wide scalar override, is tested in `panel_dispatch.rs`.)
 
 mod common;
 
 use common::{model_path, Rng};
 use embodios_gguf::GgufFile;
 use embodios_quant::{
-    active_panel_set, dequantize_row, force_scalar, panel_kernel, quantize_activations,
-    quantize_row, row_bytes, simd_kernels, simd_panel_kernels, vec_dot_type, GgmlType, PanelFn,
+    dequantize_row, quantize_activations, quantize_row, row_bytes, simd_kernels,
+    simd_panel_kernels, vec_dot_type, GgmlType, PanelFn,
 };
 
 const LEGACY: [GgmlType; 5] = [
@@ -344,23 +345,46 @@ fn panels_survive_malformed_shapes() {
     }
 }
 
+/// The four-row decode kernels (AVX-512 where the CPU has it, else AVX2) against the
+/// lane twin: quantized rows, adversarial bytes, and lengths from 1 to 40 blocks. (No
+/// test in this binary sets the scalar override, so the SIMD kernels are handed out.)
 #[test]
-fn panel_dispatch_follows_the_cpu_and_the_override() {
-    force_scalar(false);
-    let has512 = cpu_has("avx512");
+fn four_row_kernels_match_the_lane_twin() {
+    assert!(cpu_has("avx2"), "this test needs an AVX2+FMA+F16C CPU");
+    let mut rng = Rng::new(35);
     for ty in LEGACY {
-        let k = panel_kernel(ty).expect("an AVX2 CPU has legacy panels");
-        let [v2, v512] = simd_panel_kernels(ty);
-        let want = if has512 { v512 } else { v2 };
-        assert_eq!(Some(k as usize), want.map(|f| f as usize), "{ty}");
+        let Some(rows4) = embodios_quant::vec_dot_rows4(ty) else {
+            // AVX2 has no Q5_1 four-row kernel; AVX-512 covers every legacy format.
+            assert!(ty == GgmlType::Q5_1 && !cpu_has("avx512"), "{ty}");
+            continue;
+        };
+        for trial in 0..150 {
+            let n = 32 * (1 + trial % 40);
+            let (w, a) = if trial % 3 == 0 {
+                (
+                    garbage(&mut rng, ty, false, n, 4),
+                    garbage(&mut rng, ty, true, n, 1),
+                )
+            } else {
+                (
+                    quantized_rows(&mut rng, ty, n, 4, 0.1),
+                    act_rows(&mut rng, ty, n, 1),
+                )
+            };
+            let rb = w.len() / 4;
+            let rows: Vec<&[u8]> = w.chunks_exact(rb).collect();
+            let want: Vec<f32> = rows.iter().map(|r| lane_twin(ty, r, &a)).collect();
+            if want.iter().any(|v| !v.is_finite()) {
+                continue;
+            }
+            let got = rows4([rows[0], rows[1], rows[2], rows[3]], &a);
+            for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{ty} n={n} row {r}: {g:e} vs {w:e}"
+                );
+            }
+        }
     }
-    assert_eq!(
-        active_panel_set(),
-        if has512 { "avx512-vnni" } else { "avx2" }
-    );
-    assert!(panel_kernel(GgmlType::F32).is_none());
-    force_scalar(true);
-    assert!(panel_kernel(GgmlType::Q8_0).is_none());
-    assert_eq!(active_panel_set(), "none");
-    force_scalar(false);
 }

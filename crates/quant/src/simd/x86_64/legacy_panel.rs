@@ -19,9 +19,15 @@
 //!   formats with a min), and `off · Σy` per lane (computed once per token and block, and
 //!   shared by all rows of the tile) is subtracted first: `Σ(u - off)·y` exactly, for
 //!   every input, -128 activation bytes included.
+//!   A row tile's weights are unpacked once (levels and f32 scales, into a stack buffer)
+//!   and reused by every token tile.
 //! - AVX2: one 256-bit accumulator per (row, token); `maddubs` + `madd` as in the
 //!   single-row kernels, with each token's activation data loaded once per block for all
 //!   rows of the tile.
+//!
+//! The file also holds AVX-512 forms of the four-row decode kernels
+//! ([`crate::VecDotRows4Fn`]), two rows per 512-bit register against one broadcast
+//! activation block.
 
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -815,4 +821,167 @@ unsafe fn tile256<const K: u8, const R: usize, const T: usize>(
         }
     }
     res
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX-512 four-row decode kernels ([`crate::VecDotRows4Fn`]): four weight rows against
+// one activation row, two rows side by side per 512-bit register. Same per-row float
+// steps as the single-row kernels, so the same bits.
+
+/// The AVX-512 four-row kernel of `ty`, if it is a legacy block format.
+pub(super) fn rows4_512(ty: GgmlType) -> Option<crate::VecDotRows4Fn> {
+    Some(match ty {
+        GgmlType::Q4_0 => rows4_512_q4_0,
+        GgmlType::Q4_1 => rows4_512_q4_1,
+        GgmlType::Q5_0 => rows4_512_q5_0,
+        GgmlType::Q5_1 => rows4_512_q5_1,
+        GgmlType::Q8_0 => rows4_512_q8_0,
+        _ => return None,
+    })
+}
+
+/// Defines the safe four-row entry for format `$k`: the AVX-512 kernel when the CPU has
+/// it, else four single-row kernels.
+macro_rules! rows4_entry {
+    ($name:ident, $k:ident) => {
+        fn $name(w: [&[u8]; 4], a: &[u8]) -> [f32; 4] {
+            // The whole blocks every row and the activations hold (as `vec_dot`).
+            let blocks = w
+                .iter()
+                .map(|r| r.len() / w_bytes($k))
+                .fold(a.len() / a_bytes($k), usize::min);
+            if !super::avx512_available() {
+                return w.map(|w| single_row($k)(w, a));
+            }
+            let p = w.map(|r| r.as_ptr());
+            // SAFETY: `avx512_available()` confirmed the features; every row holds
+            // `blocks` weight blocks and `a` as many activation blocks.
+            unsafe { rows4_kernel512::<$k>(p, a.as_ptr(), blocks) }
+        }
+    };
+}
+
+rows4_entry!(rows4_512_q4_0, Q4_0);
+rows4_entry!(rows4_512_q4_1, Q4_1);
+rows4_entry!(rows4_512_q5_0, Q5_0);
+rows4_entry!(rows4_512_q5_1, Q5_1);
+rows4_entry!(rows4_512_q8_0, Q8_0);
+
+/// The levels of two weight blocks, `x0`'s in the lower 256 bits and `x1`'s in the
+/// upper (each as in [`levels512`]).
+///
+/// # Safety
+/// `x0` and `x1` point at whole blocks of format `K`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn levels_two512<const K: u8>(x0: *const u8, x1: *const u8) -> __m512i {
+    // SAFETY: every read lies inside the two blocks (the caller's contract), at the
+    // offsets `levels512` uses.
+    unsafe {
+        if K == Q8_0 {
+            let lo = _mm512_castsi256_si512(ld256(x0.add(2)));
+            let q = _mm512_inserti64x4::<1>(lo, ld256(x1.add(2)));
+            return _mm512_xor_si512(q, _mm512_set1_epi8(i8::MIN));
+        }
+        let qs_at = match K {
+            Q4_0 => 2,
+            Q4_1 => 4,
+            Q5_0 => 6,
+            _ => 8,
+        };
+        let q0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(x0.add(qs_at).cast()));
+        let q1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(x1.add(qs_at).cast()));
+        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1);
+        let both = _mm512_mask_blend_epi64(0b1100_1100, v, _mm512_srli_epi16::<4>(v));
+        let nib = _mm512_and_si512(both, _mm512_set1_epi8(0x0F));
+        if K == Q4_0 || K == Q4_1 {
+            return nib;
+        }
+        let qh0 = rd32(x0.add(qs_at - 4)) as u32 as u64;
+        let qh1 = rd32(x1.add(qs_at - 4)) as u32 as u64;
+        let mask = _cvtu64_mask64(qh0 | (qh1 << 32));
+        _mm512_mask_add_epi8(nib, mask, nib, _mm512_set1_epi8(16))
+    }
+}
+
+/// Four weight rows (`w`) against the activation row `a`, over `blocks` blocks.
+///
+/// # Safety
+/// The CPU has the features of [`drive512`]; each row holds `blocks` weight blocks of
+/// format `K` and `a` as many activation blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn rows4_kernel512<const K: u8>(w: [*const u8; 4], a: *const u8, blocks: usize) -> [f32; 4] {
+    let (wb, ab) = (w_bytes(K), a_bytes(K));
+    let zero = _mm512_setzero_si512();
+    let off = _mm512_set1_epi8(level_offset(K) as i8);
+    // Lanes 0..8 from lane 0 ([d] of the first row), 8..16 from lane 2 (the second's).
+    let pair_lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut mins = _mm_setzero_ps();
+    for b in 0..blocks {
+        // SAFETY: block `b < blocks` of the activation row and of each weight row is
+        // readable (the contract); all offsets stay inside their block.
+        unsafe {
+            let pa = a.add(b * ab);
+            let y = _mm512_broadcast_i64x4(ld256(pa.add(a_qs(K))));
+            let corr = if level_offset(K) != 0 {
+                _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, off, y))
+            } else {
+                zero
+            };
+            let ys = _mm_cvtph_ps(_mm_cvtsi32_si128(rd32(pa)));
+            let da = _mm512_broadcastss_ps(ys);
+            let x = w.map(|r| r.add(b * wb));
+            // [d_0, m_0, d_1, m_1, d_2, m_2, d_3, m_3].
+            let h = _mm256_cvtph_ps(_mm_setr_epi32(
+                rd32(x[0]),
+                rd32(x[1]),
+                rd32(x[2]),
+                rd32(x[3]),
+            ));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                prefetch_ahead(x[2 * j], 64);
+                prefetch_ahead(x[2 * j + 1], 64);
+                let u = levels_two512::<K>(x[2 * j], x[2 * j + 1]);
+                let hj = if j == 0 {
+                    _mm256_castps256_ps128(h)
+                } else {
+                    _mm256_extractf128_ps::<1>(h)
+                };
+                let dw = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(hj));
+                let d = _mm512_mul_ps(dw, da);
+                let q = _mm512_dpbusd_epi32(corr, u, y);
+                *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(q), *acc);
+            }
+            if has_min(K) {
+                // [m_0, m_1, m_2, m_3] times s_a, one fused step per row as alone.
+                let hl = _mm256_castps256_ps128(h);
+                let hh = _mm256_extractf128_ps::<1>(h);
+                let m = _mm_shuffle_ps::<0b11_01_11_01>(hl, hh);
+                let sa = _mm_broadcastss_ps(_mm_movehdup_ps(ys));
+                mins = _mm_fmadd_ps(m, sa, mins);
+            }
+        }
+    }
+    let mut m = [0.0f32; 4];
+    // SAFETY: `m` is 4 writable f32s; `storeu` has no alignment needs.
+    unsafe { _mm_storeu_ps(m.as_mut_ptr(), mins) };
+    let half = |v: __m512, hi: bool| {
+        if hi {
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+        } else {
+            _mm512_castps512_ps256(v)
+        }
+    };
+    let r = [
+        hsum_ps(half(acc[0], false)),
+        hsum_ps(half(acc[0], true)),
+        hsum_ps(half(acc[1], false)),
+        hsum_ps(half(acc[1], true)),
+    ];
+    if has_min(K) {
+        [r[0] + m[0], r[1] + m[1], r[2] + m[2], r[3] + m[3]]
+    } else {
+        r
+    }
 }

@@ -168,6 +168,11 @@ pub(super) fn tile(ty: GgmlType) -> Option<crate::VecDotTileFn> {
 /// The AVX2 four-weight-row kernel of `ty`, where there is one. Callers check
 /// [`available`].
 pub(super) fn vec_dot_rows4(ty: GgmlType) -> Option<crate::VecDotRows4Fn> {
+    if avx512_available() {
+        if let Some(k) = legacy_panel::rows4_512(ty) {
+            return Some(k);
+        }
+    }
     match ty {
         GgmlType::Q4_0 => Some(legacy_dot::rows4_q4_0_q8_0),
         GgmlType::Q4_1 => Some(legacy_dot::rows4_q4_1_q8_1),
