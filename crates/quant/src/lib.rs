@@ -17,6 +17,12 @@
 //! The SIMD code is compiled only for x86_64 targets with SSE registers (not the
 //! soft-float `x86_64-unknown-none`, where LLVM cannot lower it).
 //!
+//! Batched products (prefill) of the legacy block formats go through panel kernels
+//! ([`panel_kernel`], [`PanelFn`]): a run of weight rows against a run of tokens in
+//! register tiles, with AVX-512 F/BW/VL/VNNI where the CPU and the OS (ZMM state in
+//! XCR0) support it ([`active_panel_set`]), else AVX2; each result has the bits of the
+//! type's single-row SIMD kernel.
+//!
 //! Matrix-vector products follow llama.cpp's CPU backend: the activation row is first
 //! quantized to [`vec_dot_type`] of the weight type with [`quantize_activations`]
 //! (producing the bytes llama.cpp's x86 AVX2 build produces), then [`vec_dot`] combines
