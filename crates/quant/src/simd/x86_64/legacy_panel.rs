@@ -23,7 +23,7 @@
 //!   and reused by every token tile.
 //! - AVX2: one 256-bit accumulator per (row, token); `maddubs` + `madd` as in the
 //!   single-row kernels, with each token's activation data loaded once per block for all
-//!   rows of the tile.
+//!   rows of the tile, and the row tile's weights unpacked once as above.
 //!
 //! The file also holds AVX-512 forms of the four-row decode kernels
 //! ([`crate::VecDotRows4Fn`]), two rows per 512-bit register against one broadcast
@@ -237,11 +237,12 @@ const PAIRS_512: usize = 4;
 /// 8192 elements) unpack each block again per token tile.
 const MAX_PACKED_BLOCKS: usize = 256;
 
-/// A row tile's weights unpacked: block `b` of row `r` at `r * blocks + b`. Left
-/// uninitialized (40 KiB would otherwise be cleared on every call): [`pack512`] writes
-/// the slots of a row tile before its tiles read them.
+/// A row tile's weights unpacked: block `b` of row `r` at `r * blocks + b` (room for
+/// `ROWS_512 >= ROWS_256` rows, so both variants use it). Left uninitialized (40 KiB
+/// would otherwise be cleared on every call): [`pack512`] / [`pack256`] write the slots
+/// of a row tile before its tiles read them.
 struct Packed {
-    /// The 32 unsigned levels (see [`levels512`]).
+    /// The 32 levels (see [`levels512`] / [`levels256`]).
     levels: [MaybeUninit<[u8; 32]>; ROWS_512 * MAX_PACKED_BLOCKS],
     /// `[d, m]` as f32 (`m` unused without a min).
     scales: [MaybeUninit<[f32; 2]>; ROWS_512 * MAX_PACKED_BLOCKS],
@@ -564,8 +565,9 @@ unsafe fn tile512<const K: u8, const R: usize, const P: usize, const PACKED: boo
 // ---------------------------------------------------------------------------------------
 // AVX2
 
-/// Rows per AVX2 register tile.
+/// Rows per AVX2 register tile (at most `ROWS_512`: the tiles share [`Packed`]).
 const ROWS_256: usize = 2;
+const _: () = assert!(ROWS_256 <= ROWS_512);
 /// Tokens per AVX2 register tile.
 const TOKENS_256: usize = 4;
 
@@ -590,18 +592,53 @@ unsafe fn drive256<const K: u8>(
         pairwise(single_row(K), w, row_bytes, a, act_bytes, s.tokens, out);
         return;
     }
+    // As in `drive512`: a row tile's weights unpacked once for all its token tiles.
+    let mut packed = None;
+    if s.blocks <= MAX_PACKED_BLOCKS && s.tokens > TOKENS_256 {
+        packed = Some(Packed {
+            levels: [const { MaybeUninit::uninit() }; ROWS_512 * MAX_PACKED_BLOCKS],
+            scales: [const { MaybeUninit::uninit() }; ROWS_512 * MAX_PACKED_BLOCKS],
+        });
+    }
     let mut r0 = 0;
     while r0 < s.rows {
         let w = weights.as_ptr().wrapping_add(r0 * row_bytes);
+        let pk = packed.as_mut();
         // SAFETY: forwarded from this function's contract, for rows `r0..r0 + R`.
         unsafe {
             if s.rows - r0 >= ROWS_256 {
-                rows256::<K, ROWS_256>(w, row_bytes, acts, act_bytes, s, r0, out);
+                rows256::<K, ROWS_256>(w, row_bytes, acts, act_bytes, s, r0, pk, out);
                 r0 += ROWS_256;
             } else {
-                rows256::<K, 1>(w, row_bytes, acts, act_bytes, s, r0, out);
+                rows256::<K, 1>(w, row_bytes, acts, act_bytes, s, r0, pk, out);
                 r0 += 1;
             }
+        }
+    }
+}
+
+/// Unpacks rows `0..R` from `w` into `pk` with AVX2 (`blocks <= MAX_PACKED_BLOCKS`,
+/// `R <= ROWS_512`); levels as [`levels256`] gives them.
+///
+/// # Safety
+/// As [`rows256`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack256<const K: u8, const R: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    blocks: usize,
+    pk: &mut Packed,
+) {
+    let slots = pk.levels.iter_mut().zip(pk.scales.iter_mut());
+    for (i, (lv, sc)) in slots.take(R * blocks).enumerate() {
+        let (r, b) = (i / blocks, i % blocks);
+        // SAFETY: block `b < blocks` of row `r < R` is readable (the contract).
+        unsafe {
+            let x = w.add(r * row_bytes + b * w_bytes(K));
+            prefetch_ahead(x, 64);
+            _mm256_storeu_si256(lv.as_mut_ptr().cast(), levels256::<K>(x));
+            let xs = _mm_cvtph_ps(_mm_cvtsi32_si128(rd32(x)));
+            sc.write([_mm_cvtss_f32(xs), _mm_cvtss_f32(_mm_movehdup_ps(xs))]);
         }
     }
 }
@@ -630,6 +667,7 @@ fn acts_have_min_byte(acts: &[u8], act_bytes: usize, s: &Shape) -> bool {
 /// # Safety
 /// As [`drive256`], and rows `r0..r0 + R` exist.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn rows256<const K: u8, const R: usize>(
     w: *const u8,
     row_bytes: usize,
@@ -637,8 +675,15 @@ unsafe fn rows256<const K: u8, const R: usize>(
     act_bytes: usize,
     s: &Shape,
     r0: usize,
+    mut pk: Option<&mut Packed>,
     out: &mut [f32],
 ) {
+    if let Some(pk) = pk.as_deref_mut() {
+        // SAFETY: this function's contract; `drive256` packs only short enough rows,
+        // and `R <= ROWS_256 <= ROWS_512`.
+        unsafe { pack256::<K, R>(w, row_bytes, s.blocks, pk) };
+    }
+    let pk = pk.as_deref();
     let a = acts.as_ptr();
     let tok = |t: usize| a.wrapping_add(t * act_bytes);
     let mut t0 = 0;
@@ -646,32 +691,25 @@ unsafe fn rows256<const K: u8, const R: usize>(
     while t0 < s.tokens {
         let n = (s.tokens - t0).min(TOKENS_256);
         let p = |i: usize| tok(t0 + i);
+        let src = Weights {
+            w,
+            row_bytes,
+            packed: pk,
+            blocks: s.blocks,
+            prefetch: first,
+        };
         // SAFETY: the token pointers are rows `< s.tokens`; the rest is this function's
         // contract.
         let res: [[f32; TOKENS_256]; R] = unsafe {
-            match n {
-                1 => widen256(tile256::<K, R, 1>(w, row_bytes, [p(0)], s.blocks, first)),
-                2 => widen256(tile256::<K, R, 2>(
-                    w,
-                    row_bytes,
-                    [p(0), p(1)],
-                    s.blocks,
-                    first,
-                )),
-                3 => widen256(tile256::<K, R, 3>(
-                    w,
-                    row_bytes,
-                    [p(0), p(1), p(2)],
-                    s.blocks,
-                    first,
-                )),
-                _ => widen256(tile256::<K, R, 4>(
-                    w,
-                    row_bytes,
-                    [p(0), p(1), p(2), p(3)],
-                    s.blocks,
-                    first,
-                )),
+            match (n, pk.is_some()) {
+                (1, false) => widen256(tile256::<K, R, 1, false>(&src, [p(0)])),
+                (2, false) => widen256(tile256::<K, R, 2, false>(&src, [p(0), p(1)])),
+                (3, false) => widen256(tile256::<K, R, 3, false>(&src, [p(0), p(1), p(2)])),
+                (_, false) => widen256(tile256::<K, R, 4, false>(&src, [p(0), p(1), p(2), p(3)])),
+                (1, true) => widen256(tile256::<K, R, 1, true>(&src, [p(0)])),
+                (2, true) => widen256(tile256::<K, R, 2, true>(&src, [p(0), p(1)])),
+                (3, true) => widen256(tile256::<K, R, 3, true>(&src, [p(0), p(1), p(2)])),
+                (_, true) => widen256(tile256::<K, R, 4, true>(&src, [p(0), p(1), p(2), p(3)])),
             }
         };
         for (i, res) in res.iter().enumerate() {
@@ -728,18 +766,22 @@ unsafe fn levels256<const K: u8>(x: *const u8) -> __m256i {
     }
 }
 
-/// One AVX2 register tile: rows `0..R` from `w` against the `T` tokens `a`.
+/// One AVX2 register tile: rows `0..R` of `src` against the `T` tokens `a`; with
+/// `PACKED` the weights come from `src.packed` (unpacked by [`pack256`]).
 ///
 /// # Safety
 /// As [`tile512`] (with AVX2, FMA and F16C), and for Q8_0 no activation quant is -128.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile256<const K: u8, const R: usize, const T: usize>(
-    w: *const u8,
-    row_bytes: usize,
+unsafe fn tile256<const K: u8, const R: usize, const T: usize, const PACKED: bool>(
+    src: &Weights<'_>,
     a: [*const u8; T],
-    blocks: usize,
-    prefetch: bool,
 ) -> [[f32; T]; R] {
+    let (w, row_bytes, blocks, prefetch) = (src.w, src.row_bytes, src.blocks, src.prefetch);
+    // Slots written by `pack256` for this row tile (the only ones read).
+    let (levels, scales): (*const [u8; 32], *const [f32; 2]) = match src.packed {
+        Some(pk) if PACKED => (pk.levels.as_ptr().cast(), pk.scales.as_ptr().cast()),
+        _ => (core::ptr::null(), core::ptr::null()),
+    };
     let wb = w_bytes(K);
     let ab = a_bytes(K);
     let ones = _mm256_set1_epi16(1);
@@ -780,13 +822,23 @@ unsafe fn tile256<const K: u8, const R: usize, const T: usize>(
                 _mm_setzero_ps()
             };
             for (r, (acc, mins)) in acc.iter_mut().zip(mins.iter_mut()).enumerate() {
-                let x = w.add(r * row_bytes + b * wb);
-                if prefetch {
-                    prefetch_ahead(x, 64);
-                }
-                let u = levels256::<K>(x);
-                let xs = _mm_cvtph_ps(_mm_cvtsi32_si128(rd32(x)));
-                let dw = _mm256_broadcastss_ps(xs);
+                let (u, dw, mw) = if PACKED && !levels.is_null() {
+                    let at = r * blocks + b;
+                    let [d, m] = *scales.add(at);
+                    (
+                        ld256(levels.add(at).cast()),
+                        _mm256_set1_ps(d),
+                        _mm_set1_ps(m),
+                    )
+                } else {
+                    let x = w.add(r * row_bytes + b * wb);
+                    if prefetch {
+                        prefetch_ahead(x, 64);
+                    }
+                    let xs = _mm_cvtph_ps(_mm_cvtsi32_si128(rd32(x)));
+                    let m = _mm_broadcastss_ps(_mm_movehdup_ps(xs));
+                    (levels256::<K>(x), _mm256_broadcastss_ps(xs), m)
+                };
                 let ax = if K == Q8_0 { _mm256_sign_epi8(u, u) } else { u };
                 for i in 0..T {
                     let p = if K == Q8_0 {
@@ -801,8 +853,7 @@ unsafe fn tile256<const K: u8, const R: usize, const T: usize>(
                     acc[i] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[i]);
                 }
                 if has_min(K) {
-                    let m = _mm_broadcastss_ps(_mm_movehdup_ps(xs));
-                    *mins = _mm_fmadd_ps(m, sa, *mins);
+                    *mins = _mm_fmadd_ps(mw, sa, *mins);
                 }
             }
         }
