@@ -302,7 +302,12 @@ fn transpose_tokens(src: &[f32], rows: usize, tokens: usize, t0: usize, out: &mu
 
 /// Rows `first..` of one product for every token, into `out` laid out `[row][token]`
 /// (lengths were validated by [`matmul_set`]): each weight row is used for all tokens
-/// while it is in cache, four tokens per call where a four-token kernel exists.
+/// while it is in cache. A batch goes to the type's panel kernel where one exists (the
+/// whole chunk in one call, tiles of several rows by several tokens; measured on
+/// SmolLM2 and a TinyLlama-shaped model: 1.6x to 2.6x less CPU per prefill than the
+/// four-token kernel per row), else four tokens per call where a four-token kernel
+/// exists. One token (decoding) keeps the four-row kernel: a panel tile would waste
+/// half of each register on it.
 fn rows_into(input: &Input<'_, '_>, tokens: usize, first: usize, out: &mut [f32]) {
     let w = input.w;
     let step = input.act_len.max(1);
