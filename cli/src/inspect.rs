@@ -137,6 +137,9 @@ pub fn cpu_report() -> String {
             ("fma", std::is_x86_feature_detected!("fma")),
             ("f16c", std::is_x86_feature_detected!("f16c")),
             ("avx512f", std::is_x86_feature_detected!("avx512f")),
+            ("avx512bw", std::is_x86_feature_detected!("avx512bw")),
+            ("avx512vl", std::is_x86_feature_detected!("avx512vl")),
+            ("avx512vnni", std::is_x86_feature_detected!("avx512vnni")),
         ];
         let list: Vec<String> = features
             .iter()
@@ -145,5 +148,16 @@ pub fn cpu_report() -> String {
         let _ = writeln!(out, "features: {}", list.join(" "));
     }
     let _ = writeln!(out, "kernel set: {}", embodios_quant::active_kernel_set());
+    // The batched (prefill) products of the legacy block formats go through panel
+    // kernels: AVX-512 VNNI ones where the CPU and OS support them, else AVX2.
+    let _ = writeln!(
+        out,
+        "panel kernels: {}",
+        match embodios_quant::active_panel_set() {
+            "avx512-vnni" => "avx512-vnni (batched Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 products)",
+            "avx2" => "avx2 (batched Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 products)",
+            other => other,
+        }
+    );
     out
 }

@@ -162,4 +162,19 @@ fn inspect_cpu_names_the_active_kernel_set() {
         "scalar"
     };
     assert_eq!(set, expected, "{text}");
+    let panels = text
+        .lines()
+        .find_map(|l| l.strip_prefix("panel kernels: "))
+        .expect("a panel kernels line");
+    let avx512 = cfg!(target_arch = "x86_64")
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512vnni");
+    let expected = match (expected, avx512) {
+        ("scalar", _) => "none",
+        (_, true) => "avx512-vnni",
+        _ => "avx2",
+    };
+    assert!(panels.starts_with(expected), "{text}");
 }

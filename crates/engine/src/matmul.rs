@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use embodios_quant::{VecDot4Fn, VecDotFn, VecDotRows4Fn, VecDotTileFn};
+use embodios_quant::{PanelFn, VecDot4Fn, VecDotFn, VecDotRows4Fn, VecDotTileFn};
 
 use crate::kernels::{self, QuantError};
 use crate::model::WeightMatrix;
@@ -92,6 +92,9 @@ struct Input<'a, 'w> {
     /// Two rows by four tokens at a time with the same bits as `dot`, where a kernel
     /// exists.
     tile: Option<VecDotTileFn>,
+    /// A whole chunk of rows against all tokens in one call with the same bits as `dot`,
+    /// where a kernel exists.
+    panel: Option<PanelFn>,
 }
 
 /// Several independent products (Q, K and V of a layer; FFN gate and up) over a batch
@@ -136,6 +139,7 @@ pub fn matmul_set(
         let dot4 = crate::lanes::lane_dot4(w.ty, order);
         let rows4 = crate::lanes::lane_rows4(w.ty, order);
         let tile = crate::lanes::lane_tile(w.ty, order);
+        let panel = crate::lanes::lane_panel(w.ty, order);
         *slot = Some(Input {
             w,
             x: p.x,
@@ -144,6 +148,7 @@ pub fn matmul_set(
             dot4,
             rows4,
             tile,
+            panel,
         });
         total_rows += w.rows;
     }
@@ -334,10 +339,24 @@ fn transpose_tokens(src: &[f32], rows: usize, tokens: usize, t0: usize, out: &mu
 
 /// Rows `first..` of one product for every token, into `out` laid out `[row][token]`
 /// (lengths were validated by [`matmul_set`]): each weight row is used for all tokens
-/// while it is in cache, four tokens per call where a four-token kernel exists.
+/// while it is in cache. A batch goes to the type's panel kernel where one exists (the
+/// whole chunk in one call, tiles of several rows by several tokens; measured on
+/// SmolLM2 and a TinyLlama-shaped model: 1.6x to 2.6x less CPU per prefill than the
+/// four-token kernel per row), else four tokens per call where a four-token kernel
+/// exists. One token (decoding) keeps the four-row kernel: a panel tile would waste
+/// half of each register on it.
 fn rows_into(input: &Input<'_, '_>, tokens: usize, first: usize, out: &mut [f32]) {
     let w = input.w;
     let step = input.act_len.max(1);
+    if let (true, Some(panel)) = (tokens > 1, input.panel) {
+        // The whole chunk in one call: register tiles of several rows by several tokens.
+        let rows = out.len() / tokens;
+        let start = first * w.row_bytes;
+        if let Some(data) = w.data.get(start..start + rows * w.row_bytes) {
+            panel(data, w.row_bytes, input.x, step, tokens, out);
+            return;
+        }
+    }
     if let (1, Some(rows4)) = (tokens, input.rows4) {
         // One token: four rows per call (independent chains, one activation load).
         let x = &input.x[..step.min(input.x.len())];

@@ -17,6 +17,12 @@
 //! The SIMD code is compiled only for x86_64 targets with SSE registers (not the
 //! soft-float `x86_64-unknown-none`, where LLVM cannot lower it).
 //!
+//! Batched products (prefill) of the legacy block formats go through panel kernels
+//! ([`panel_kernel`], [`PanelFn`]): a run of weight rows against a run of tokens in
+//! register tiles, with AVX-512 F/BW/VL/VNNI where the CPU and the OS (ZMM state in
+//! XCR0) support it ([`active_panel_set`]), else AVX2; each result has the bits of the
+//! type's single-row SIMD kernel.
+//!
 //! Matrix-vector products follow llama.cpp's CPU backend: the activation row is first
 //! quantized to [`vec_dot_type`] of the weight type with [`quantize_activations`]
 //! (producing the bytes llama.cpp's x86 AVX2 build produces), then [`vec_dot`] combines
@@ -88,6 +94,19 @@ pub type VecDotTileFn = fn(weights: [&[u8]; 2], activations: [&[u8]; 4]) -> [[f3
 /// [`Kernels::vec_dot`], bit for bit, with each activation block loaded once and four
 /// independent accumulation chains (the matrix-vector product of decoding).
 pub type VecDotRows4Fn = fn(weights: [&[u8]; 4], activations: &[u8]) -> [f32; 4];
+
+/// `rows = out.len() / tokens` consecutive weight rows (`row_bytes` each, from the start of `weights`)
+/// against `tokens` consecutive activation rows (`act_bytes` each, from the start of `acts`, in the
+/// type's activation format): `out[r * tokens + t]` = the product of row r and activation t, bit for bit
+/// what the engine's batched path computes for that type today.
+pub type PanelFn = fn(
+    weights: &[u8],
+    row_bytes: usize,
+    acts: &[u8],
+    act_bytes: usize,
+    tokens: usize,
+    out: &mut [f32],
+);
 
 /// The kernels of one weight type.
 #[derive(Clone, Copy, Debug)]
@@ -246,10 +265,40 @@ pub fn tile_kernel(ty: GgmlType) -> Option<VecDotTileFn> {
 }
 
 /// The four-weight-row form of `kernels(ty)?.vec_dot` where the active kernel set has
-/// one (AVX2 kernels for Q4_0, Q4_1, Q5_0 and Q8_0); `None` otherwise, and under
-/// [`force_scalar`].
+/// one (AVX2 kernels for Q4_0, Q4_1, Q5_0 and Q8_0; with AVX-512 F/BW/VL/VNNI, kernels
+/// holding two rows per 512-bit register for those and Q5_1); `None` otherwise, and
+/// under [`force_scalar`].
 pub fn vec_dot_rows4(ty: GgmlType) -> Option<VecDotRows4Fn> {
     simd::vec_dot_rows4(ty)
+}
+
+/// The panel kernel of `ty` ([`PanelFn`]: a run of weight rows against a run of
+/// tokens in register tiles) while the SIMD set is active and has one: the legacy block
+/// formats Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, with AVX-512 F/BW/VL/VNNI where the CPU and
+/// OS support it (see [`active_panel_set`]), else AVX2. `None` otherwise, and under
+/// [`force_scalar`]. Each result has the bits of the type's single-row SIMD kernel.
+pub fn panel_kernel(ty: GgmlType) -> Option<PanelFn> {
+    simd::panel(ty)
+}
+
+/// Every SIMD panel kernel variant of `ty` this CPU can run, `[AVX2, AVX-512]` (each
+/// `None` where absent), regardless of [`force_scalar`]: lets tests check the AVX2
+/// variant on an AVX-512 machine too.
+pub fn simd_panel_kernels(ty: GgmlType) -> [Option<PanelFn>; 2] {
+    simd::panel_variants(ty)
+}
+
+/// Makes [`panel_kernel`] hand out nothing (`true`), so that callers take their
+/// per-row kernels, or go back to the automatic choice (`false`). For A/B benchmarks in
+/// one process; process-wide, like [`force_scalar`].
+pub fn disable_panels(off: bool) {
+    simd::set_no_panels(off);
+}
+
+/// Which panel kernels [`panel_kernel`] hands out: `"avx512-vnni"`, `"avx2"`, or
+/// `"none"` (scalar set active).
+pub fn active_panel_set() -> &'static str {
+    simd::panel_set()
 }
 
 /// The SIMD kernels of `ty` if this CPU has a SIMD set covering it, regardless of

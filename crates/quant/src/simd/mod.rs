@@ -55,6 +55,18 @@ mod backend {
     pub(super) fn tile(_: GgmlType) -> Option<crate::VecDotTileFn> {
         None
     }
+
+    pub(super) fn panel(_: GgmlType) -> Option<crate::PanelFn> {
+        None
+    }
+
+    pub(super) fn panel_variants(_: GgmlType) -> [Option<crate::PanelFn>; 2] {
+        [None, None]
+    }
+
+    pub(super) fn panel_set_name() -> &'static str {
+        "none"
+    }
 }
 
 /// Set by [`crate::force_scalar`]: ignore the SIMD set even where the CPU has it. Starts
@@ -145,4 +157,39 @@ pub(crate) fn tile(ty: GgmlType) -> Option<crate::VecDotTileFn> {
         return None;
     }
     backend::tile(ty)
+}
+
+/// Set by [`crate::disable_panels`]: hand out no panel kernels (benchmarks).
+static NO_PANELS: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_no_panels(on: bool) {
+    NO_PANELS.store(on, Ordering::Relaxed);
+}
+
+/// The SIMD panel kernel of `ty`, if a SIMD set is usable right now and has one.
+pub(crate) fn panel(ty: GgmlType) -> Option<crate::PanelFn> {
+    if FORCE_SCALAR.load(Ordering::Relaxed)
+        || NO_PANELS.load(Ordering::Relaxed)
+        || !backend::available()
+    {
+        return None;
+    }
+    backend::panel(ty)
+}
+
+/// Every SIMD panel variant of `ty` this CPU can run, `[AVX2, AVX-512]`, regardless of
+/// the scalar override.
+pub(crate) fn panel_variants(ty: GgmlType) -> [Option<crate::PanelFn>; 2] {
+    backend::panel_variants(ty)
+}
+
+/// Which panel variant [`panel`] hands out: `"avx512-vnni"`, `"avx2"` or `"none"`.
+pub(crate) fn panel_set() -> &'static str {
+    if FORCE_SCALAR.load(Ordering::Relaxed)
+        || NO_PANELS.load(Ordering::Relaxed)
+        || !backend::available()
+    {
+        return "none";
+    }
+    backend::panel_set_name()
 }

@@ -16,6 +16,7 @@ mod act_quant;
 mod float_dot;
 mod kquant_dot;
 mod legacy_dot;
+mod legacy_panel;
 
 pub(super) const SET_NAME: &str = "avx2+fma";
 
@@ -75,7 +76,6 @@ static STATE_512: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// features may be chosen only when this is true; the bare-metal kernel leaves the
 /// AVX-512 state disabled in XCR0, so there this is false and the AVX2 set runs.
 #[inline]
-#[allow(dead_code)] // The AVX-512 kernels that use it land next.
 pub(super) fn avx512_available() -> bool {
     match STATE_512.load(Ordering::Relaxed) {
         PRESENT => true,
@@ -168,12 +168,51 @@ pub(super) fn tile(ty: GgmlType) -> Option<crate::VecDotTileFn> {
 /// The AVX2 four-weight-row kernel of `ty`, where there is one. Callers check
 /// [`available`].
 pub(super) fn vec_dot_rows4(ty: GgmlType) -> Option<crate::VecDotRows4Fn> {
+    if avx512_available() {
+        if let Some(k) = legacy_panel::rows4_512(ty) {
+            return Some(k);
+        }
+    }
     match ty {
         GgmlType::Q4_0 => Some(legacy_dot::rows4_q4_0_q8_0),
         GgmlType::Q4_1 => Some(legacy_dot::rows4_q4_1_q8_1),
         GgmlType::Q5_0 => Some(legacy_dot::rows4_q5_0_q8_0),
         GgmlType::Q8_0 => Some(legacy_dot::rows4_q8_0_q8_0),
         _ => None,
+    }
+}
+
+/// The panel kernel of `ty` (a run of weight rows against a run of tokens), where there
+/// is one: the AVX-512 variant when [`avx512_available`], else the AVX2 one. Callers check
+/// [`available`].
+pub(super) fn panel(ty: GgmlType) -> Option<crate::PanelFn> {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+            if avx512_available() {
+                legacy_panel::panel512(ty)
+            } else {
+                legacy_panel::panel256(ty)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Both variants of the legacy-format panel kernels, `[AVX2, AVX-512]`, each only where
+/// this CPU can run it (for tests and benchmarks).
+pub(super) fn panel_variants(ty: GgmlType) -> [Option<crate::PanelFn>; 2] {
+    [
+        legacy_panel::panel256(ty).filter(|_| available()),
+        legacy_panel::panel512(ty).filter(|_| avx512_available()),
+    ]
+}
+
+/// The name of the panel set [`panel`] hands out.
+pub(super) fn panel_set_name() -> &'static str {
+    if avx512_available() {
+        "avx512-vnni"
+    } else {
+        "avx2"
     }
 }
 
