@@ -89,6 +89,19 @@ pub type VecDotTileFn = fn(weights: [&[u8]; 2], activations: [&[u8]; 4]) -> [[f3
 /// independent accumulation chains (the matrix-vector product of decoding).
 pub type VecDotRows4Fn = fn(weights: [&[u8]; 4], activations: &[u8]) -> [f32; 4];
 
+/// `rows = out.len() / tokens` consecutive weight rows (`row_bytes` each, from the start of `weights`)
+/// against `tokens` consecutive activation rows (`act_bytes` each, from the start of `acts`, in the
+/// type's activation format): `out[r * tokens + t]` = the product of row r and activation t, bit for bit
+/// what the engine's batched path computes for that type today.
+pub type PanelFn = fn(
+    weights: &[u8],
+    row_bytes: usize,
+    acts: &[u8],
+    act_bytes: usize,
+    tokens: usize,
+    out: &mut [f32],
+);
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {

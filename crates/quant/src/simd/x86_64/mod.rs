@@ -15,6 +15,8 @@ use crate::{GgmlType, Kernels, QuantizeFn};
 mod act_quant;
 mod float_dot;
 mod kquant_dot;
+#[allow(dead_code)] // Wired into the shared `panel` dispatcher at merge.
+mod kquant_panel;
 mod legacy_dot;
 
 pub(super) const SET_NAME: &str = "avx2+fma";

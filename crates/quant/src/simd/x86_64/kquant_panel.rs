@@ -1,0 +1,1169 @@
+//! Panel kernels of the K-quant weight formats (Q4_K, Q5_K, Q6_K) against Q8_K activations:
+//! many weight rows times many tokens in one call, in the order of ggml's tiled K-quant
+//! batch kernel (see [`crate::tiled_kernels`]), so every result has the bits of the
+//! engine's tiled-order scalar twins.
+//!
+//! Per 256-element super-block the integer sums `s1 = Σ_s sc_s · dot_s` (and, for Q4_K and
+//! Q5_K, `s2 = Σ_s m_s · (bsum_2s + bsum_2s+1)`) are exact whatever instructions compute
+//! them; the float steps that follow (`r = s1 · d`, `r = fma(-dmin, s2, r)`,
+//! `acc = fma(r, d8, acc)`, the fused steps rounded once from f64) are done lane by lane
+//! with exactly those roundings.
+//!
+//! The AVX-512 (F, BW, VL, VNNI) kernels work on four weight rows at once, one row per
+//! 128-bit lane: sixteen bytes of each of four rows fill one register and meet the same
+//! sixteen activation bytes (broadcast to all four lanes) in `vpdpbusd`, so a row's sums
+//! stay in its own lane and only four lanes per row are left to add up per super-block.
+//! The weights of a super-block are unpacked once per row quad and reused for up to
+//! [`CHUNK`] tokens. Without AVX-512 the AVX2 tiles of `kquant_dot` run over the panel.
+
+use core::arch::x86_64::*;
+
+use super::kquant_dot;
+use crate::kquants::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES};
+use crate::GgmlType;
+
+/// The panel kernel of `ty` (AVX-512 where [`super::avx512_available`], else AVX2), where
+/// there is one. Callers check [`super::available`] first.
+pub(super) fn panel(ty: GgmlType) -> Option<crate::PanelFn> {
+    match ty {
+        GgmlType::Q4_K => Some(panel_q4_k),
+        GgmlType::Q5_K => Some(panel_q5_k),
+        GgmlType::Q6_K => Some(panel_q6_k),
+        _ => None,
+    }
+}
+
+/// Q8_K field offsets.
+const Q8K_QS: usize = 4;
+const Q8K_BSUMS: usize = 260;
+
+/// Most tokens whose accumulators one pass over a row quad keeps (on the stack); the
+/// unpacked weights of each super-block are reused for all of them.
+const CHUNK: usize = 64;
+
+/// A validated panel call: `rows` weight rows of `nb` super-blocks each.
+#[derive(Clone, Copy)]
+struct Shape {
+    rows: usize,
+    nb: usize,
+}
+
+/// The shape of a panel call, if every buffer holds what the call asks for: whole
+/// super-blocks per weight row, activation rows at least as long as the weight rows'
+/// Q8_K counterpart, and `out.len()` a multiple of `tokens`.
+fn shape(
+    block: usize,
+    weights: &[u8],
+    row_bytes: usize,
+    acts: &[u8],
+    act_bytes: usize,
+    tokens: usize,
+    out_len: usize,
+) -> Option<Shape> {
+    if tokens == 0 || row_bytes == 0 || !row_bytes.is_multiple_of(block) {
+        return None;
+    }
+    let nb = row_bytes / block;
+    let rows = out_len / tokens;
+    if rows * tokens != out_len || act_bytes < nb.checked_mul(Q8_K_BYTES)? {
+        return None;
+    }
+    if weights.len() < rows.checked_mul(row_bytes)? || acts.len() < tokens.checked_mul(act_bytes)? {
+        return None;
+    }
+    Some(Shape { rows, nb })
+}
+
+/// Which kernel family a panel call takes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The widest instruction set available right now, if any.
+fn best_isa() -> Option<Isa> {
+    if super::avx512_available() {
+        Some(Isa::Avx512)
+    } else if super::available() {
+        Some(Isa::Avx2)
+    } else {
+        None
+    }
+}
+
+/// The kind of K-quant weight block.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Kind {
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl Kind {
+    fn block(self) -> usize {
+        match self {
+            Kind::Q4K => Q4_K_BYTES,
+            Kind::Q5K => Q5_K_BYTES,
+            Kind::Q6K => Q6_K_BYTES,
+        }
+    }
+}
+
+fn panel_q4_k(w: &[u8], rb: usize, a: &[u8], ab: usize, tokens: usize, out: &mut [f32]) {
+    run(Kind::Q4K, best_isa(), w, rb, a, ab, tokens, out);
+}
+
+fn panel_q5_k(w: &[u8], rb: usize, a: &[u8], ab: usize, tokens: usize, out: &mut [f32]) {
+    run(Kind::Q5K, best_isa(), w, rb, a, ab, tokens, out);
+}
+
+fn panel_q6_k(w: &[u8], rb: usize, a: &[u8], ab: usize, tokens: usize, out: &mut [f32]) {
+    run(Kind::Q6K, best_isa(), w, rb, a, ab, tokens, out);
+}
+
+/// Validates a panel call and runs it on `isa` (NaN outputs where the buffers do not
+/// hold the call or the instruction set is missing: the kernels are only handed out
+/// when the SIMD set is active and the engine validates shapes first, so neither
+/// happens in practice, and a NaN is louder than a wrong number).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    kind: Kind,
+    isa: Option<Isa>,
+    w: &[u8],
+    rb: usize,
+    a: &[u8],
+    ab: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    if out.is_empty() {
+        return;
+    }
+    let Some(s) = shape(kind.block(), w, rb, a, ab, tokens, out.len()) else {
+        out.fill(f32::NAN);
+        return;
+    };
+    let p = Panel {
+        w: w.as_ptr(),
+        rb,
+        a: a.as_ptr(),
+        ab,
+        tokens,
+        rows: s.rows,
+        nb: s.nb,
+    };
+    match isa {
+        Some(Isa::Avx512) if super::avx512_available() => {
+            // SAFETY: `avx512_available()` confirmed AVX-512 F/BW/VL/VNNI, AVX2, FMA and
+            // F16C on this CPU and OS support for their state; `shape` checked that the
+            // buffers hold `rows` weight rows of `nb` blocks and `tokens` activation rows
+            // of at least `nb` Q8_K blocks, which is all the kernels read, and `out` has
+            // `rows * tokens` elements.
+            unsafe {
+                match kind {
+                    Kind::Q4K => k4_panel_512::<false>(&p, out),
+                    Kind::Q5K => k4_panel_512::<true>(&p, out),
+                    Kind::Q6K => q6_panel_512(&p, out),
+                }
+            }
+        }
+        Some(Isa::Avx2) if super::available() => {
+            // SAFETY: `available()` confirmed AVX2, FMA and F16C and YMM state support;
+            // the AVX2 panel reads only through checked slices of `w` and `a`.
+            unsafe { panel_avx2(kind, w, rb, a, ab, tokens, s, out) }
+        }
+        _ => out.fill(f32::NAN),
+    }
+}
+
+/// A validated panel call as raw parts (see [`shape`]).
+struct Panel {
+    w: *const u8,
+    rb: usize,
+    a: *const u8,
+    ab: usize,
+    tokens: usize,
+    rows: usize,
+    nb: usize,
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX2: the existing tiles over the panel (two rows by four tokens for Q4_K, one row by
+// four tokens otherwise), called directly rather than through function pointers.
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn panel_avx2(
+    kind: Kind,
+    w: &[u8],
+    rb: usize,
+    a: &[u8],
+    ab: usize,
+    tokens: usize,
+    s: Shape,
+    out: &mut [f32],
+) {
+    let row = |r: usize| w.get(r * rb..(r + 1) * rb).unwrap_or(&[]);
+    let tok = |t: usize| a.get(t * ab..t * ab + s.nb * Q8_K_BYTES).unwrap_or(&[]);
+    let quads = tokens / 4;
+    let one = |r: &[u8], y: &[u8]| -> f32 {
+        let [v] = match kind {
+            Kind::Q4K => kquant_dot::q4_k_tiled_n::<1>(r, [y]),
+            Kind::Q5K => q5_k_tiled_n::<1>(r, [y]),
+            Kind::Q6K => kquant_dot::q6_k_tiled_n::<1>(r, [y]),
+        };
+        v
+    };
+    let four = |r: &[u8], y: [&[u8]; 4]| -> [f32; 4] {
+        match kind {
+            Kind::Q4K => kquant_dot::q4_k_tiled_n::<4>(r, y),
+            Kind::Q5K => q5_k_tiled_n::<4>(r, y),
+            Kind::Q6K => kquant_dot::q6_k_tiled_n::<4>(r, y),
+        }
+    };
+    let mut r = 0;
+    if kind == Kind::Q4K {
+        while r + 2 <= s.rows {
+            let (r0, r1) = (row(r), row(r + 1));
+            for q in 0..quads {
+                let y = [tok(4 * q), tok(4 * q + 1), tok(4 * q + 2), tok(4 * q + 3)];
+                let [v0, v1] = kquant_dot::q4_k_tiled_2x4([r0, r1], y);
+                out[r * tokens + 4 * q..][..4].copy_from_slice(&v0);
+                out[(r + 1) * tokens + 4 * q..][..4].copy_from_slice(&v1);
+            }
+            for t in 4 * quads..tokens {
+                out[r * tokens + t] = one(r0, tok(t));
+                out[(r + 1) * tokens + t] = one(r1, tok(t));
+            }
+            r += 2;
+        }
+    }
+    while r < s.rows {
+        let x = row(r);
+        for q in 0..quads {
+            let y = [tok(4 * q), tok(4 * q + 1), tok(4 * q + 2), tok(4 * q + 3)];
+            out[r * tokens + 4 * q..][..4].copy_from_slice(&four(x, y));
+        }
+        for t in 4 * quads..tokens {
+            out[r * tokens + t] = one(x, tok(t));
+        }
+        r += 1;
+    }
+}
+
+/// Q5_K weights against `N` Q8_K activation rows in the tiled order (AVX2): the steps of
+/// `kquant_dot`'s Q4_K kernel with the fifth level bit added from `qh` (levels < 32,
+/// so `maddubs` pair sums stay below 2 · 31 · 128 < 2^15 and nothing saturates).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+    use super::{f16_pair, lane0, lane1, load256};
+    use crate::bytes::{blocks, sub};
+    let mut acc = [0.0f32; N];
+    let low4 = _mm256_set1_epi8(0x0F);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let mut ys = a.map(blocks::<Q8_K_BYTES>);
+    for x in blocks::<Q5_K_BYTES>(w) {
+        let dm = f16_pair(sub(x, 0));
+        let (d, dmin) = (lane0(dm), lane1(dm));
+        let (sc, mn) = crate::kquants::unpack_k4_scales(sub(x, 4));
+        let qh = load256(sub(x, 16));
+        let mut lv = [_mm256_setzero_si256(); 8];
+        for q in 0..4 {
+            let bits = load256(sub(x, 48 + 32 * q));
+            for (k, nib) in [
+                _mm256_and_si256(bits, low4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let s = 2 * q + k;
+                let m = _mm256_set1_epi8((1u8 << s) as i8);
+                let hb = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m), bit4);
+                lv[s] = _mm256_or_si256(nib, hb);
+            }
+        }
+        let scv = sc.map(|s| _mm256_set1_epi16(i16::from(s)));
+        let m32 =
+            _mm256_cvtepu16_epi32(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mn))));
+        let mnv = _mm256_or_si256(m32, _mm256_slli_epi32::<16>(m32));
+        for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
+            let Some(y) = it.next() else {
+                *acc = f32::NAN;
+                continue;
+            };
+            let mut sumi = _mm256_setzero_si256();
+            for (c, lv) in lv.iter().enumerate() {
+                let p = _mm256_maddubs_epi16(*lv, load256(sub(y, Q8K_QS + 32 * c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv[c]));
+            }
+            let s2v = _mm256_madd_epi16(load256(sub(y, Q8K_BSUMS)), mnv);
+            let s1 = hsum8(sumi);
+            let s2 = hsum8(s2v);
+            let d8 = f32::from_le_bytes(*sub(y, 0));
+            let mut r = s1 as f32 * d;
+            r = fma_f64_scalar(-dmin, s2 as f32, r);
+            *acc = fma_f64_scalar(r, d8, *acc);
+        }
+    }
+    acc
+}
+
+/// Sum of eight i32 lanes (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum8(v: __m256i) -> i32 {
+    super::hsum_epi32_128(_mm_add_epi32(
+        _mm256_castsi256_si128(v),
+        _mm256_extracti128_si256::<1>(v),
+    ))
+}
+
+/// `a · b + c` rounded once from f64 (the engine's `ops::fma`).
+#[inline(always)]
+fn fma_f64_scalar(a: f32, b: f32, c: f32) -> f32 {
+    (f64::from(a) * f64::from(b) + f64::from(c)) as f32
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX-512 helpers. Lane layout: 128-bit lane `r` of a register belongs to weight row `r`
+// of the quad; after the reduction, f32 lane `4r + t` holds row `r`, token `t` of a group
+// of four tokens.
+
+/// Loads 16 bytes at `p`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn ld128(p: *const u8) -> __m128i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`; `loadu` is unaligned.
+    unsafe { _mm_loadu_si128(p.cast()) }
+}
+
+/// Loads 32 bytes at `p`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn ld256(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes at `p`; `loadu` is unaligned.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
+/// The 16 bytes at `p` in all four 128-bit lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn bcast128(p: *const u8) -> __m512i {
+    // SAFETY: forwarded to the caller.
+    _mm512_broadcast_i32x4(unsafe { ld128(p) })
+}
+
+/// Bytes `off..off + 16` and `off + 16..off + 32` of four rows: lane `r` of the first
+/// result holds row `r`'s first sixteen bytes, of the second its next sixteen.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn gather32(x: &[*const u8; 4], off: usize) -> (__m512i, __m512i) {
+    // SAFETY: the caller guarantees 32 readable bytes at `off` in each row.
+    let (r0, r1, r2, r3) = unsafe {
+        (
+            ld256(x[0].add(off)),
+            ld256(x[1].add(off)),
+            ld256(x[2].add(off)),
+            ld256(x[3].add(off)),
+        )
+    };
+    // Lanes [r0 lo, r0 hi, r1 lo, r1 hi] and [r2 lo, r2 hi, r3 lo, r3 hi].
+    let a = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(r0), r1);
+    let b = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(r2), r3);
+    (
+        _mm512_shuffle_i64x2::<0b10_00_10_00>(a, b),
+        _mm512_shuffle_i64x2::<0b11_01_11_01>(a, b),
+    )
+}
+
+/// The 16 bytes at `off` of each of four rows, row `r` in lane `r`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn gather16(x: &[*const u8; 4], off: usize) -> __m512i {
+    // SAFETY: the caller guarantees 16 readable bytes at `off` in each row.
+    unsafe {
+        let v = _mm512_castsi128_si512(ld128(x[0].add(off)));
+        let v = _mm512_inserti32x4::<1>(v, ld128(x[1].add(off)));
+        let v = _mm512_inserti32x4::<2>(v, ld128(x[2].add(off)));
+        _mm512_inserti32x4::<3>(v, ld128(x[3].add(off)))
+    }
+}
+
+/// Shuffle control taking i16 element `s` (0..8) of each 128-bit lane into the low half
+/// of every i32 lane, with a zero high half: `vpdpwssd` with it multiplies each i32 lane
+/// of the other operand (a value that fits in i16) by element `s` exactly.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn pick_i16(v: __m512i, s: usize) -> __m512i {
+    let lo = (2 * (s & 7)) as i32;
+    _mm512_shuffle_epi8(v, _mm512_set1_epi32(lo | ((lo + 1) << 8) | (0x8080 << 16)))
+}
+
+/// Lane `i` of `v` in lanes `4i..4i+4` (`i` < 4), from the low four lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn spread4(v: __m512, stride: i32, first: i32) -> __m512 {
+    let i = |r: i32| first + stride * r;
+    let idx = _mm512_setr_epi32(
+        i(0),
+        i(0),
+        i(0),
+        i(0),
+        i(1),
+        i(1),
+        i(1),
+        i(1),
+        i(2),
+        i(2),
+        i(2),
+        i(2),
+        i(3),
+        i(3),
+        i(3),
+        i(3),
+    );
+    _mm512_permutexvar_ps(idx, v)
+}
+
+/// Per 128-bit lane `r`: the lane sums of `v[0..4]` as lanes `4r..4r+4` (exact).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn reduce4(v: [__m512i; 4]) -> __m512i {
+    // [v0 j0+j2, v1 j0+j2, v0 j1+j3, v1 j1+j3] per lane, and the same for v2, v3.
+    let s01 = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(v[0], v[1]),
+        _mm512_unpackhi_epi32(v[0], v[1]),
+    );
+    let s23 = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(v[2], v[3]),
+        _mm512_unpackhi_epi32(v[2], v[3]),
+    );
+    _mm512_add_epi32(
+        _mm512_unpacklo_epi64(s01, s23),
+        _mm512_unpackhi_epi64(s01, s23),
+    )
+}
+
+/// `a · b + c` per lane, rounded once from f64 to f32 (the product of two f32 is exact in
+/// f64, so the fused f64 step rounds exactly where the scalar twin's `a * b + c` in f64
+/// does), as the engine's `ops::fma`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn fma_f64(a: __m512, b: __m512, c: __m512) -> __m512 {
+    let lo = |v: __m512| _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    let hi = |v: __m512| {
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+            _mm512_castps_pd(v),
+        )))
+    };
+    let l = _mm512_cvtpd_ps(_mm512_fmadd_pd(lo(a), lo(b), lo(c)));
+    let h = _mm512_cvtpd_ps(_mm512_fmadd_pd(hi(a), hi(b), hi(c)));
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+        _mm512_castps_pd(_mm512_castps256_ps512(l)),
+        _mm256_castps_pd(h),
+    ))
+}
+
+/// One super-block's float steps of the tiled order for sixteen (row, token) lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn tiled_step(
+    acc: __m512,
+    s1: __m512i,
+    d: __m512,
+    min: Option<(__m512, __m512i)>,
+    d8: __m512,
+) -> __m512 {
+    let mut r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1), d);
+    if let Some((ndmin, s2)) = min {
+        r = fma_f64(ndmin, _mm512_cvtepi32_ps(s2), r);
+    }
+    fma_f64(r, d8, acc)
+}
+
+/// The activation scales of a group of four tokens, token `t` in lane `4r + t`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn d8_lanes(y: &[*const u8; 4]) -> __m512 {
+    // SAFETY: the caller guarantees a Q8_K block at each `y[t]`; `d` is its first field.
+    let d = y.map(|p| unsafe { p.cast::<f32>().read_unaligned() });
+    _mm512_broadcast_f32x4(_mm_setr_ps(d[0], d[1], d[2], d[3]))
+}
+
+/// Flips the sign of every lane (exact, as scalar negation).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn negate(v: __m512) -> __m512 {
+    _mm512_castsi512_ps(_mm512_xor_si512(
+        _mm512_castps_si512(v),
+        _mm512_set1_epi32(i32::MIN),
+    ))
+}
+
+/// Walks a panel in row quads (the last quad padded by repeating its last row) and
+/// chunks of up to [`CHUNK`] tokens (groups of four, the last padded by repeating its
+/// last token): `$prep` unpacks one super-block of a quad, `$group` adds one group of
+/// four tokens' share of it to that group's accumulators (lane `4r + t`). A macro, so
+/// that both are called directly from the target-feature function it expands in (and
+/// inlined there). Expands to unsafe code: the caller guarantees what `run` validated.
+macro_rules! walk_512 {
+    ($p:expr, $block:expr, $out:expr, $prep:path, $group:path) => {{
+        let p: &Panel = $p;
+        let out: &mut [f32] = $out;
+        let mut r0 = 0;
+        while r0 < p.rows {
+            let nr = (p.rows - r0).min(4);
+            // Row indices stay below `rows` and token indices below `tokens`, and `run`
+            // checked that the buffers hold all of them.
+            let rows: [*const u8; 4] = core::array::from_fn(|i| {
+                // SAFETY: row `r0 + i.min(nr - 1)` < `rows` starts inside `w`.
+                unsafe { p.w.add((r0 + i.min(nr - 1)) * p.rb) }
+            });
+            let mut t0 = 0;
+            while t0 < p.tokens {
+                let nt = (p.tokens - t0).min(CHUNK);
+                let groups = nt.div_ceil(4);
+                let mut acc = [_mm512_setzero_ps(); CHUNK / 4];
+                for b in 0..p.nb {
+                    // SAFETY: block `b` < `nb` of each row is inside `w`.
+                    let x = rows.map(|r| unsafe { r.add(b * $block) });
+                    // SAFETY: a whole block at each `x[r]`, and the target features of
+                    // the expanding function (checked by `run`).
+                    let w = unsafe { $prep(&x) };
+                    for (g, acc) in acc.iter_mut().enumerate().take(groups) {
+                        let y: [*const u8; 4] = core::array::from_fn(|i| {
+                            // SAFETY: token `t0 + (4g + i).min(nt - 1)` < `tokens`, and
+                            // its block `b` < `nb` is inside `a`.
+                            unsafe {
+                                p.a.add((t0 + (4 * g + i).min(nt - 1)) * p.ab + b * Q8_K_BYTES)
+                            }
+                        });
+                        // SAFETY: a whole Q8_K block at each `y[t]`, and the target
+                        // features of the expanding function.
+                        *acc = unsafe { $group(&w, &y, *acc) };
+                    }
+                }
+                for (g, acc) in acc.iter().enumerate().take(groups) {
+                    let mut v = [0.0f32; 16];
+                    // SAFETY: `v` is 16 writable f32.
+                    unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *acc) };
+                    for r in 0..nr {
+                        for t in 0..4 {
+                            let tok = 4 * g + t;
+                            if tok < nt {
+                                if let Some(o) = out.get_mut((r0 + r) * p.tokens + t0 + tok) {
+                                    *o = v[4 * r + t];
+                                }
+                            }
+                        }
+                    }
+                }
+                t0 += nt;
+            }
+            r0 += nr;
+        }
+    }};
+}
+
+/// One Q4_K/Q5_K super-block of a row quad, unpacked: `l[2s + h]` holds the levels of
+/// half `h` (16 elements) of sub-block `s` of every row (row `r` in lane `r`), `sc[s]`
+/// the rows' scales of sub-block `s` (see [`pick_i16`]), `mn` the rows' eight mins as
+/// i16 per lane, and `d`, `ndmin` the rows' `d` and `-dmin` in lanes `4r..4r+4`.
+struct K4Prep {
+    l: [__m512i; 16],
+    sc: [__m512i; 8],
+    mn: __m512i,
+    d: __m512,
+    ndmin: __m512,
+}
+
+/// Unpacks one Q4_K (`Q5 = false`) or Q5_K super-block of each row of a quad.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_prep<const Q5: bool>(x: &[*const u8; 4]) -> K4Prep {
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    let mut scw = [0u64; 4];
+    let mut mnw = [0u64; 4];
+    let mut dm = [0u32; 4];
+    for r in 0..4 {
+        // SAFETY: the caller guarantees a whole block at each `x[r]`: the f16 pair at 0
+        // and the twelve scale bytes at 4.
+        let (d, a0, a1, a2) = unsafe {
+            let p = x[r];
+            (
+                p.cast::<u32>().read_unaligned(),
+                p.add(4).cast::<u32>().read_unaligned(),
+                p.add(8).cast::<u32>().read_unaligned(),
+                p.add(12).cast::<u32>().read_unaligned(),
+            )
+        };
+        let (a0, a1, a2) = (u32::from_le(a0), u32::from_le(a1), u32::from_le(a2));
+        // The layout of `kquants::unpack_k4_scales`, four bytes at a time.
+        let sc_lo = a0 & LOW6;
+        let mn_lo = a1 & LOW6;
+        let sc_hi = (a2 & LOW4) | (((a0 >> 6) & LOW2) << 4);
+        let mn_hi = ((a2 >> 4) & LOW4) | (((a1 >> 6) & LOW2) << 4);
+        scw[r] = u64::from(sc_lo) | (u64::from(sc_hi) << 32);
+        mnw[r] = u64::from(mn_lo) | (u64::from(mn_hi) << 32);
+        dm[r] = u32::from_le(d);
+    }
+    // SAFETY: the arrays are 32 and 16 readable bytes.
+    let (sc16, mn, dm) = unsafe {
+        (
+            _mm512_cvtepu8_epi16(ld256(scw.as_ptr().cast())),
+            _mm512_cvtepu8_epi16(ld256(mnw.as_ptr().cast())),
+            _mm256_cvtph_ps(ld128(dm.as_ptr().cast())),
+        )
+    };
+    // [d0, dmin0, d1, dmin1, ...] spread to the rows' lanes.
+    let dm = _mm512_castps256_ps512(dm);
+    let d = spread4(dm, 2, 0);
+    let ndmin = negate(spread4(dm, 2, 1));
+    let sc = core::array::from_fn(|s| pick_i16(sc16, s));
+
+    let low4 = _mm512_set1_epi8(0x0F);
+    let bit4 = _mm512_set1_epi8(0x10);
+    let qs_off = if Q5 { 48 } else { 16 };
+    let qh = if Q5 {
+        // SAFETY: Q5_K's 32 high-bit bytes are at 16.
+        unsafe { gather32(x, 16) }
+    } else {
+        (_mm512_setzero_si512(), _mm512_setzero_si512())
+    };
+    let mut l = [_mm512_setzero_si512(); 16];
+    for q in 0..4 {
+        // SAFETY: the 128 level bytes are at `qs_off`.
+        let (p0, p1) = unsafe { gather32(x, qs_off + 32 * q) };
+        let mut v = [
+            _mm512_and_si512(p0, low4),
+            _mm512_and_si512(p1, low4),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(p0), low4),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(p1), low4),
+        ];
+        if Q5 {
+            // Bit `s` of each high-bit byte is bit 4 of element level in sub-block `s`.
+            for (k, v) in v.iter_mut().enumerate() {
+                let s = 2 * q + k / 2;
+                let h = if k % 2 == 0 { qh.0 } else { qh.1 };
+                let moved = if s <= 4 {
+                    _mm512_sll_epi16(h, _mm_cvtsi32_si128(4 - s as i32))
+                } else {
+                    _mm512_srl_epi16(h, _mm_cvtsi32_si128(s as i32 - 4))
+                };
+                *v = _mm512_or_si512(*v, _mm512_and_si512(moved, bit4));
+            }
+        }
+        l[4 * q..4 * q + 4].copy_from_slice(&v);
+    }
+    K4Prep {
+        l,
+        sc,
+        mn,
+        d,
+        ndmin,
+    }
+}
+
+/// Adds one Q4_K/Q5_K super-block for four tokens (Q8_K blocks at `y`) to `acc`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_group(w: &K4Prep, y: &[*const u8; 4], acc: __m512) -> __m512 {
+    let zero = _mm512_setzero_si512();
+    let mut s1 = [zero; 4];
+    let mut s2 = [zero; 4];
+    for t in 0..4 {
+        let yq = y[t];
+        let mut tot = zero;
+        for s in 0..8 {
+            // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+            let (y0, y1) = unsafe {
+                (
+                    bcast128(yq.add(Q8K_QS + 32 * s)),
+                    bcast128(yq.add(Q8K_QS + 32 * s + 16)),
+                )
+            };
+            // Per lane at most 8 · 31 · 128 < 2^15 in magnitude: fits the i16 `vpdpwssd`
+            // reads (the high half is the sign extension, times the zero high half of
+            // the scale).
+            let dot = _mm512_dpbusd_epi32(
+                _mm512_dpbusd_epi32(zero, w.l[2 * s], y0),
+                w.l[2 * s + 1],
+                y1,
+            );
+            tot = _mm512_dpwssd_epi32(tot, dot, w.sc[s]);
+        }
+        s1[t] = tot;
+        // SAFETY: as above; the sixteen group sums are at `Q8K_BSUMS`.
+        let bs = unsafe { ld256(yq.add(Q8K_BSUMS)) };
+        let pairs = _mm_hadd_epi16(
+            _mm256_castsi256_si128(bs),
+            _mm256_extracti128_si256::<1>(bs),
+        );
+        s2[t] = _mm512_madd_epi16(w.mn, _mm512_broadcast_i32x4(pairs));
+    }
+    // SAFETY: as above.
+    let d8 = unsafe { d8_lanes(y) };
+    tiled_step(acc, reduce4(s1), w.d, Some((w.ndmin, reduce4(s2))), d8)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn k4_panel_512<const Q5: bool>(p: &Panel, out: &mut [f32]) {
+    let block = if Q5 { Q5_K_BYTES } else { Q4_K_BYTES };
+    walk_512!(p, block, out, k4_prep::<Q5>, k4_group);
+}
+
+/// One Q6_K super-block of a row quad, unpacked: `l[s]` holds the unsigned levels
+/// (`u = level + 32` < 64) of sub-block `s` (16 elements) of every row, `sc[s]` its
+/// scales (see [`pick_i16`]), `nsc` the rows' scales times -32 as i16 (sub-blocks 0..8
+/// and 8..16), `d` the rows' scales in lanes `4r..4r+4`.
+struct Q6Prep {
+    l: [__m512i; 16],
+    sc: [__m512i; 16],
+    nsc: [__m512i; 2],
+    d: __m512,
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_prep(x: &[*const u8; 4]) -> Q6Prep {
+    // SAFETY: the caller guarantees a whole block at each `x[r]`: `d` at 208.
+    let dh = x.map(|p| unsafe { p.add(208).cast::<u16>().read_unaligned() });
+    let dh = u64::from(dh[0])
+        | (u64::from(dh[1]) << 16)
+        | (u64::from(dh[2]) << 32)
+        | (u64::from(dh[3]) << 48);
+    let d = spread4(
+        _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(dh as i64))),
+        1,
+        0,
+    );
+    // SAFETY: the sixteen i8 scales are at 192.
+    let raw = unsafe { gather16(x, 192) };
+    // Sign-extended to i16: each byte paired with itself, then shifted down.
+    let scw = [
+        _mm512_srai_epi16::<8>(_mm512_unpacklo_epi8(raw, raw)),
+        _mm512_srai_epi16::<8>(_mm512_unpackhi_epi8(raw, raw)),
+    ];
+    let sc = core::array::from_fn(|s| pick_i16(scw[s / 8], s % 8));
+    let nsc = scw.map(|v| _mm512_slli_epi16::<5>(_mm512_sub_epi16(_mm512_setzero_si512(), v)));
+
+    let low4 = _mm512_set1_epi8(0x0F);
+    let m03 = _mm512_set1_epi8(0x03);
+    let m0c = _mm512_set1_epi8(0x0C);
+    let m30 = _mm512_set1_epi8(0x30);
+    let mut l = [_mm512_setzero_si512(); 16];
+    for half in 0..2 {
+        // SAFETY: `ql` is at 0 (128 bytes), `qh` at 128 (64 bytes).
+        let (ql0, ql1, qh) = unsafe {
+            (
+                gather32(x, 64 * half),
+                gather32(x, 64 * half + 32),
+                gather32(x, 128 + 32 * half),
+            )
+        };
+        for (piece, (ql0, ql1, qh)) in [(ql0.0, ql1.0, qh.0), (ql0.1, ql1.1, qh.1)]
+            .into_iter()
+            .enumerate()
+        {
+            // Elements 32k + 16·piece.. of the half: sub-block 8·half + 2k + piece. The
+            // high-bit fields are masked before shifting, so no bits cross bytes.
+            let s = 8 * half + piece;
+            // (a & low4) | c
+            const OR_LOW: i32 = 0xEA;
+            l[s] = _mm512_ternarylogic_epi32::<OR_LOW>(
+                ql0,
+                low4,
+                _mm512_slli_epi16::<4>(_mm512_and_si512(qh, m03)),
+            );
+            l[s + 2] = _mm512_ternarylogic_epi32::<OR_LOW>(
+                ql1,
+                low4,
+                _mm512_slli_epi16::<2>(_mm512_and_si512(qh, m0c)),
+            );
+            l[s + 4] = _mm512_ternarylogic_epi32::<OR_LOW>(
+                _mm512_srli_epi16::<4>(ql0),
+                low4,
+                _mm512_and_si512(qh, m30),
+            );
+            l[s + 6] = _mm512_ternarylogic_epi32::<OR_LOW>(
+                _mm512_srli_epi16::<4>(ql1),
+                low4,
+                _mm512_and_si512(_mm512_srli_epi16::<2>(qh), m30),
+            );
+        }
+    }
+    Q6Prep { l, sc, nsc, d }
+}
+
+/// Adds one Q6_K super-block for four tokens (Q8_K blocks at `y`) to `acc`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_group(w: &Q6Prep, y: &[*const u8; 4], acc: __m512) -> __m512 {
+    let zero = _mm512_setzero_si512();
+    let mut s1 = [zero; 4];
+    for t in 0..4 {
+        let yq = y[t];
+        // The -32 level offset first: -32 · Σ_s sc_s · bsum_s (the group sums of a
+        // well-formed Q8_K block, as the AVX2 kernels use them).
+        // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+        let (b0, b1) = unsafe {
+            (
+                bcast128(yq.add(Q8K_BSUMS)),
+                bcast128(yq.add(Q8K_BSUMS + 16)),
+            )
+        };
+        let mut tot = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, w.nsc[0], b0), w.nsc[1], b1);
+        for s in 0..16 {
+            // SAFETY: as above.
+            let ys = unsafe { bcast128(yq.add(Q8K_QS + 16 * s)) };
+            // Per lane at most 4 · 63 · 128 < 2^15 in magnitude (see `k4_group`).
+            let dot = _mm512_dpbusd_epi32(zero, w.l[s], ys);
+            tot = _mm512_dpwssd_epi32(tot, dot, w.sc[s]);
+        }
+        s1[t] = tot;
+    }
+    // SAFETY: as above.
+    let d8 = unsafe { d8_lanes(y) };
+    tiled_step(acc, reduce4(s1), w.d, None, d8)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6_panel_512(p: &Panel, out: &mut [f32]) {
+    walk_512!(p, Q6_K_BYTES, out, q6_prep, q6_group);
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each panel variant against a scalar twin of the tiled order, bit for bit, on
+    //! random, adversarial and real (Gemma 3) blocks over many shapes.
+    extern crate std;
+
+    use super::*;
+    use crate::kquants::{unpack_k4_scales, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+    use embodios_testkit::{Rng, TestModel};
+    use std::vec::Vec;
+    use std::{format, vec};
+
+    /// `a · b + c` rounded once from f64, as the engine's `ops::fma`.
+    fn fma(a: f32, b: f32, c: f32) -> f32 {
+        (f64::from(a) * f64::from(b) + f64::from(c)) as f32
+    }
+
+    /// The tiled-order product of one weight row with one Q8_K row, written from the
+    /// block definitions (the order of the engine's `lanes::dot_q4_k_tiled` etc.).
+    fn twin(kind: Kind, w: &[u8], a: &[u8]) -> f32 {
+        let mut acc = 0.0f32;
+        for (x, y) in w.chunks_exact(kind.block()).zip(a.chunks_exact(Q8_K_BYTES)) {
+            let y = BlockQ8K::parse(y.try_into().unwrap());
+            let yv = |i: usize| i32::from(y.qs[i] as i8);
+            let r = match kind {
+                Kind::Q4K | Kind::Q5K => {
+                    let (lv, d, dmin, scales) = if kind == Kind::Q4K {
+                        let b = BlockQ4K::parse(x.try_into().unwrap());
+                        (b.levels(), b.d.to_f32(), b.dmin.to_f32(), b.scales)
+                    } else {
+                        let b = BlockQ5K::parse(x.try_into().unwrap());
+                        (b.levels(), b.d.to_f32(), b.dmin.to_f32(), b.scales)
+                    };
+                    let (sc, mn) = unpack_k4_scales(scales);
+                    let (mut s1, mut s2) = (0i32, 0i32);
+                    for s in 0..8 {
+                        let dot: i32 = (32 * s..32 * s + 32)
+                            .map(|i| i32::from(lv[i]) * yv(i))
+                            .sum();
+                        s1 += i32::from(sc[s]) * dot;
+                        s2 += i32::from(mn[s])
+                            * (i32::from(y.bsums[2 * s]) + i32::from(y.bsums[2 * s + 1]));
+                    }
+                    fma(-dmin, s2 as f32, s1 as f32 * d)
+                }
+                Kind::Q6K => {
+                    let b = BlockQ6K::parse(x.try_into().unwrap());
+                    let lv = b.levels();
+                    let mut s1 = 0i32;
+                    for s in 0..16 {
+                        let dot: i32 = (16 * s..16 * s + 16)
+                            .map(|i| i32::from(lv[i]) * yv(i))
+                            .sum();
+                        s1 += i32::from(b.scales[s] as i8) * dot;
+                    }
+                    s1 as f32 * b.d.to_f32()
+                }
+            };
+            acc = fma(r, y.d, acc);
+        }
+        acc
+    }
+
+    /// Every instruction set this machine has (the test fails on one without AVX-512,
+    /// rather than passing without testing it: the reference machine has it).
+    fn isas() -> [Isa; 2] {
+        assert!(
+            super::super::available(),
+            "these tests need an AVX2+FMA+F16C CPU"
+        );
+        assert!(
+            super::super::avx512_available(),
+            "these tests need an AVX-512 F/BW/VL/VNNI CPU to test the AVX-512 panels"
+        );
+        [Isa::Avx512, Isa::Avx2]
+    }
+
+    /// A finite f16 (often small or large), as bytes.
+    fn f16_bytes(rng: &mut Rng) -> [u8; 2] {
+        let v = rng.normal() * 2f32.powi((rng.next_u64() % 20) as i32 - 12);
+        half::f16::from_f32(v).to_bits().to_le_bytes()
+    }
+
+    /// Weight rows of random bytes with finite scales; `fill` forces every level byte.
+    fn garbage_rows(
+        rng: &mut Rng,
+        kind: Kind,
+        rows: usize,
+        nb: usize,
+        fill: Option<u8>,
+    ) -> Vec<u8> {
+        let mut w: Vec<u8> = (0..rows * nb * kind.block())
+            .map(|_| rng.next_u64() as u8)
+            .collect();
+        for b in w.chunks_exact_mut(kind.block()) {
+            let (levels, scales) = match kind {
+                Kind::Q4K => (16..144, [0usize, 2].as_slice()),
+                Kind::Q5K => (16..176, [0usize, 2].as_slice()),
+                Kind::Q6K => (0..192, [208usize].as_slice()),
+            };
+            if let Some(v) = fill {
+                b[levels].fill(v);
+            }
+            for &o in scales {
+                b[o..o + 2].copy_from_slice(&f16_bytes(rng));
+            }
+        }
+        w
+    }
+
+    /// Q8_K rows of random values (or all `fill`) with consistent group sums.
+    fn garbage_acts(
+        rng: &mut Rng,
+        tokens: usize,
+        nb: usize,
+        stride: usize,
+        fill: Option<u8>,
+    ) -> Vec<u8> {
+        let mut a = vec![0u8; tokens * stride];
+        for row in a.chunks_exact_mut(stride) {
+            for blk in row[..nb * Q8_K_BYTES].chunks_exact_mut(Q8_K_BYTES) {
+                let d = rng.uniform(1e-4, 2.0);
+                blk[..4].copy_from_slice(&d.to_le_bytes());
+                for v in &mut blk[4..260] {
+                    *v = fill.unwrap_or(rng.next_u64() as u8);
+                }
+                for g in 0..16 {
+                    let s: i32 = blk[4 + 16 * g..20 + 16 * g]
+                        .iter()
+                        .map(|&q| i32::from(q as i8))
+                        .sum();
+                    blk[260 + 2 * g..262 + 2 * g].copy_from_slice(&(s as i16).to_le_bytes());
+                }
+            }
+        }
+        a
+    }
+
+    /// Quantized activations of random values (what the engine feeds the panels).
+    fn real_acts(rng: &mut Rng, tokens: usize, nb: usize) -> Vec<u8> {
+        let mut a = vec![0u8; tokens * nb * Q8_K_BYTES];
+        for row in a.chunks_exact_mut(nb * Q8_K_BYTES) {
+            let x = rng.vec_normal(nb * 256, 1.5);
+            crate::kquants::quantize_act_q8_k(&x, row);
+        }
+        a
+    }
+
+    /// Runs `isa`'s panel and checks every output against the twin.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        kind: Kind,
+        isa: Isa,
+        w: &[u8],
+        rb: usize,
+        a: &[u8],
+        ab: usize,
+        tokens: usize,
+        rows: usize,
+        what: &str,
+    ) {
+        let mut out = vec![f32::NAN; rows * tokens];
+        run(kind, Some(isa), w, rb, a, ab, tokens, &mut out);
+        for r in 0..rows {
+            let wr = &w[r * rb..(r + 1) * rb];
+            for t in 0..tokens {
+                let want = twin(
+                    kind,
+                    wr,
+                    &a[t * ab..t * ab + rb / kind.block() * Q8_K_BYTES],
+                );
+                let got = out[r * tokens + t];
+                assert!(
+                    got.to_bits() == want.to_bits(),
+                    "{kind:?} {isa:?} {what}: rows {rows} tokens {tokens} row {r} token {t}: got {got:e}, want {want:e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn panels_match_the_twin_on_every_shape() {
+        let mut rng = Rng::new(5);
+        for kind in [Kind::Q4K, Kind::Q5K, Kind::Q6K] {
+            for isa in isas() {
+                for rows in 1..=13 {
+                    for tokens in 1..=17 {
+                        let nb = 1 + (rows + tokens) % 3;
+                        let rb = nb * kind.block();
+                        let w = garbage_rows(&mut rng, kind, rows, nb, None);
+                        // Every other shape with a padded activation stride.
+                        let ab = nb * Q8_K_BYTES + if tokens % 2 == 0 { 0 } else { 64 };
+                        let a = garbage_acts(&mut rng, tokens, nb, ab, None);
+                        check(kind, isa, &w, rb, &a, ab, tokens, rows, "random bytes");
+                    }
+                }
+                // More tokens than one pass keeps, and real quantized data.
+                for (rows, tokens) in [(5, 70), (8, 64), (3, 129)] {
+                    let nb = 2;
+                    let rb = nb * kind.block();
+                    let x = rng.vec_normal(rows * nb * 256, 0.3);
+                    let mut w = vec![0u8; rows * rb];
+                    let quantize = match kind {
+                        Kind::Q4K => crate::kfit::quantize_q4_k,
+                        Kind::Q5K => crate::kfit::quantize_q5_k,
+                        Kind::Q6K => crate::kfit::quantize_q6_k,
+                    };
+                    quantize(&x, &mut w);
+                    let a = real_acts(&mut rng, tokens, nb);
+                    check(
+                        kind,
+                        isa,
+                        &w,
+                        rb,
+                        &a,
+                        nb * Q8_K_BYTES,
+                        tokens,
+                        rows,
+                        "quantized",
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn panels_match_the_twin_at_the_extremes() {
+        // Largest levels against -128 and 127 everywhere: the i16 bounds of the
+        // `vpdpwssd` operands and of `maddubs` are reached.
+        let mut rng = Rng::new(6);
+        for kind in [Kind::Q4K, Kind::Q5K, Kind::Q6K] {
+            for isa in isas() {
+                for (wf, af) in [(0xFF, 0x80), (0xFF, 0x7F), (0x00, 0x80), (0x88, 0x81)] {
+                    let (rows, tokens, nb) = (6, 9, 2);
+                    let rb = nb * kind.block();
+                    let w = garbage_rows(&mut rng, kind, rows, nb, Some(wf));
+                    let a = garbage_acts(&mut rng, tokens, nb, nb * Q8_K_BYTES, Some(af));
+                    check(
+                        kind,
+                        isa,
+                        &w,
+                        rb,
+                        &a,
+                        nb * Q8_K_BYTES,
+                        tokens,
+                        rows,
+                        &format!("extreme {wf:02x}/{af:02x}"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn twin_matches_the_avx2_tiled_kernels() {
+        // Ties the twin to the kernels the engine already checks against its own twins.
+        let mut rng = Rng::new(8);
+        for kind in [Kind::Q4K, Kind::Q6K] {
+            for _ in 0..20 {
+                let nb = 3;
+                let w = garbage_rows(&mut rng, kind, 1, nb, None);
+                let a = garbage_acts(&mut rng, 1, nb, nb * Q8_K_BYTES, None);
+                let got = match kind {
+                    Kind::Q6K => kquant_dot::dot_q6_k_tiled(&w, &a),
+                    _ => kquant_dot::dot_q4_k_tiled(&w, &a),
+                };
+                assert_eq!(got.to_bits(), twin(kind, &w, &a).to_bits(), "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn panels_match_the_twin_on_gemma3_tensors() {
+        let bytes = TestModel::Gemma3.bytes();
+        let file = embodios_gguf::GgufFile::parse(&bytes).expect("gemma3 parses");
+        let mut rng = Rng::new(9);
+        let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+        for t in &file.tensors {
+            let kind = match t.ty {
+                GgmlType::Q4_K => Kind::Q4K,
+                GgmlType::Q5_K => Kind::Q5K,
+                GgmlType::Q6_K => Kind::Q6K,
+                _ => continue,
+            };
+            let count = seen.entry(t.ty.name()).or_default();
+            if *count >= 4 {
+                continue;
+            }
+            *count += 1;
+            let rb = t.row_bytes() as usize;
+            let nb = rb / kind.block();
+            let n_rows = t.n_rows() as usize;
+            for (first, rows, tokens) in [(0, 13, 17), (n_rows - 7, 7, 9)] {
+                let w = &t.data[first * rb..(first + rows) * rb];
+                let a = real_acts(&mut rng, tokens, nb);
+                for isa in isas() {
+                    check(kind, isa, w, rb, &a, nb * Q8_K_BYTES, tokens, rows, t.name);
+                }
+            }
+        }
+        assert!(
+            seen.get("Q4_K").is_some_and(|&n| n > 0),
+            "no Q4_K tensor checked: {seen:?}"
+        );
+        assert!(
+            seen.get("Q6_K").is_some_and(|&n| n > 0),
+            "no Q6_K tensor checked: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn bad_shapes_give_nan_not_a_panic() {
+        let w = vec![0u8; 2 * Q4_K_BYTES];
+        let a = vec![0u8; 3 * Q8_K_BYTES];
+        for (rb, ab, tokens, n) in [
+            (Q4_K_BYTES + 1, Q8_K_BYTES, 3, 6),
+            (Q4_K_BYTES, Q8_K_BYTES - 1, 3, 6),
+            (Q4_K_BYTES, Q8_K_BYTES, 3, 7),
+            (Q4_K_BYTES, Q8_K_BYTES, 3, 9),
+            (Q4_K_BYTES, Q8_K_BYTES, 0, 6),
+        ] {
+            for isa in isas() {
+                let mut out = vec![0.0f32; n];
+                run(Kind::Q4K, Some(isa), &w, rb, &a, ab, tokens, &mut out);
+                assert!(out.iter().all(|v| v.is_nan()), "{rb} {ab} {tokens} {n}");
+            }
+        }
+        assert!(panel(GgmlType::Q4_0).is_none());
+        assert!(panel(GgmlType::Q4_K).is_some());
+    }
+}
