@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use embodios_quant::{VecDot4Fn, VecDotFn, VecDotRows4Fn, VecDotTileFn};
+use embodios_quant::{PanelFn, VecDot4Fn, VecDotFn, VecDotRows4Fn, VecDotTileFn};
 
 use crate::kernels::{self, QuantError};
 use crate::model::WeightMatrix;
@@ -88,6 +88,9 @@ struct Input<'a, 'w> {
     /// Two rows by four tokens at a time with the same bits as `dot`, where a kernel
     /// exists.
     tile: Option<VecDotTileFn>,
+    /// All rows by all tokens in one call with the same bits as `dot` (wt-kpanel's
+    /// temporary hookup: K-quants in the tiled order).
+    panel: Option<PanelFn>,
 }
 
 /// Several independent products (Q, K and V of a layer; FFN gate and up) over a batch
@@ -132,6 +135,14 @@ pub fn matmul_set(
         let dot4 = crate::lanes::lane_dot4(w.ty, order);
         let rows4 = crate::lanes::lane_rows4(w.ty, order);
         let tile = crate::lanes::lane_tile(w.ty, order);
+        let panel = match (order, w.ty) {
+            (DotOrder::Tiled, embodios_gguf::GgmlType::Q4_K)
+            | (DotOrder::Tiled, embodios_gguf::GgmlType::Q5_K)
+            | (DotOrder::Tiled, embodios_gguf::GgmlType::Q6_K) => {
+                embodios_quant::panel_kernel(w.ty)
+            }
+            _ => None,
+        };
         *slot = Some(Input {
             w,
             x: p.x,
@@ -140,6 +151,7 @@ pub fn matmul_set(
             dot4,
             rows4,
             tile,
+            panel,
         });
         total_rows += w.rows;
     }
@@ -301,6 +313,14 @@ fn transpose_tokens(src: &[f32], rows: usize, tokens: usize, t0: usize, out: &mu
 fn rows_into(input: &Input<'_, '_>, tokens: usize, first: usize, out: &mut [f32]) {
     let w = input.w;
     let step = input.act_len.max(1);
+    if let Some(panel) = input.panel {
+        let rows = out.len() / tokens.max(1);
+        let start = first * w.row_bytes;
+        if let Some(data) = w.data.get(start..start + rows * w.row_bytes) {
+            panel(data, w.row_bytes, input.x, input.act_len, tokens, out);
+            return;
+        }
+    }
     if let (1, Some(rows4)) = (tokens, input.rows4) {
         // One token: four rows per call (independent chains, one activation load).
         let x = &input.x[..step.min(input.x.len())];

@@ -258,6 +258,14 @@ pub fn tile_kernel(ty: GgmlType) -> Option<VecDotTileFn> {
     simd::tile(ty)
 }
 
+/// The panel kernel of `ty` ([`PanelFn`]) while the SIMD set is active: Q4_K, Q5_K and
+/// Q6_K in the tiled order of [`tiled_kernels`] (AVX-512 VNNI where available, else
+/// AVX2); `None` otherwise. (Temporary hookup of branch wt-kpanel; the shared
+/// dispatcher replaces it at merge.)
+pub fn panel_kernel(ty: GgmlType) -> Option<PanelFn> {
+    simd::panel(ty)
+}
+
 /// The four-weight-row form of `kernels(ty)?.vec_dot` where the active kernel set has
 /// one (AVX2 kernels for Q4_0, Q4_1, Q5_0 and Q8_0); `None` otherwise, and under
 /// [`force_scalar`].

@@ -55,6 +55,10 @@ mod backend {
     pub(super) fn tile(_: GgmlType) -> Option<crate::VecDotTileFn> {
         None
     }
+
+    pub(super) fn panel(_: GgmlType) -> Option<crate::PanelFn> {
+        None
+    }
 }
 
 /// Set by [`crate::force_scalar`]: ignore the SIMD set even where the CPU has it. Starts
@@ -145,4 +149,12 @@ pub(crate) fn tile(ty: GgmlType) -> Option<crate::VecDotTileFn> {
         return None;
     }
     backend::tile(ty)
+}
+
+/// The SIMD panel kernel of `ty`, if a SIMD set is usable right now and has one.
+pub(crate) fn panel(ty: GgmlType) -> Option<crate::PanelFn> {
+    if FORCE_SCALAR.load(Ordering::Relaxed) || !backend::available() {
+        return None;
+    }
+    backend::panel(ty)
 }

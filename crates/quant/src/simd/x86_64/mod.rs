@@ -15,7 +15,6 @@ use crate::{GgmlType, Kernels, QuantizeFn};
 mod act_quant;
 mod float_dot;
 mod kquant_dot;
-#[allow(dead_code)] // Wired into the shared `panel` dispatcher at merge.
 mod kquant_panel;
 mod legacy_dot;
 
@@ -165,6 +164,11 @@ pub(super) fn tile(ty: GgmlType) -> Option<crate::VecDotTileFn> {
         GgmlType::Q4_K => Some(kquant_dot::tile_q4_k_tiled),
         _ => None,
     }
+}
+
+/// The panel kernel of `ty`, where there is one. Callers check [`available`].
+pub(super) fn panel(ty: GgmlType) -> Option<crate::PanelFn> {
+    kquant_panel::panel(ty)
 }
 
 /// The AVX2 four-weight-row kernel of `ty`, where there is one. Callers check
