@@ -14,7 +14,10 @@ fn cpu_ns() -> u64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let (rows, cols, tokens) = match args[..] {
         [r, c, t] => (r, c, t),
         _ => (5632, 2048, 64),
@@ -45,7 +48,12 @@ fn main() {
                 if let (Some(tile), true) = (tile, r + 1 < rows) {
                     let row1 = &w[(r + 1) * rb..(r + 2) * rb];
                     for q in 0..tokens / 4 {
-                        let y = [toks[4 * q], toks[4 * q + 1], toks[4 * q + 2], toks[4 * q + 3]];
+                        let y = [
+                            toks[4 * q],
+                            toks[4 * q + 1],
+                            toks[4 * q + 2],
+                            toks[4 * q + 3],
+                        ];
                         let [v0, v1] = tile([row, row1], y);
                         out[r * tokens + 4 * q..][..4].copy_from_slice(&v0);
                         out[(r + 1) * tokens + 4 * q..][..4].copy_from_slice(&v1);
@@ -54,7 +62,12 @@ fn main() {
                     continue;
                 }
                 for q in 0..tokens / 4 {
-                    let y = [toks[4 * q], toks[4 * q + 1], toks[4 * q + 2], toks[4 * q + 3]];
+                    let y = [
+                        toks[4 * q],
+                        toks[4 * q + 1],
+                        toks[4 * q + 2],
+                        toks[4 * q + 3],
+                    ];
                     out[r * tokens + 4 * q..][..4].copy_from_slice(&four(row, y));
                 }
                 let _ = one;
@@ -63,7 +76,7 @@ fn main() {
         };
         let has_old = tiled_kernels(ty).is_some();
         let mut best = [f64::MAX; 2];
-        for _ in 0..5 {
+        for _ in 0..15 {
             let t0 = cpu_ns();
             panel(&w, rb, &a, ab, tokens, &mut out_new);
             let t1 = cpu_ns();
@@ -75,7 +88,10 @@ fn main() {
             best[1] = best[1].min((t2 - t1) as f64);
         }
         if has_old {
-            let same = out_new.iter().zip(&out_old).all(|(x, y)| x.to_bits() == y.to_bits());
+            let same = out_new
+                .iter()
+                .zip(&out_old)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "{ty}: panel and tiles differ");
         }
         println!(

@@ -391,14 +391,20 @@ unsafe fn gather16(x: &[*const u8; 4], off: usize) -> __m512i {
     }
 }
 
-/// Shuffle control taking i16 element `s` (0..8) of each 128-bit lane into the low half
-/// of every i32 lane, with a zero high half: `vpdpwssd` with it multiplies each i32 lane
-/// of the other operand (a value that fits in i16) by element `s` exactly.
+/// The i16 elements `s` and `u` (0..8) of each 128-bit lane of `v`, `s` in the low and
+/// `u` in the high four i16 of the lane: the weights `vpdpwssd` applies to
+/// `packs_epi32(a, b)` to give `sc_s · Σ a + sc_u · Σ b` per lane (the packing is exact
+/// when every lane of `a` and `b` fits in i16).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn pick_i16(v: __m512i, s: usize) -> __m512i {
-    let lo = (2 * (s & 7)) as i32;
-    _mm512_shuffle_epi8(v, _mm512_set1_epi32(lo | ((lo + 1) << 8) | (0x8080 << 16)))
+fn pick_pair(v: __m512i, s: usize, u: usize) -> __m512i {
+    let word = |s: usize| {
+        let lo = (2 * (s & 7)) as i64;
+        let w = lo | ((lo + 1) << 8);
+        w | (w << 16) | (w << 32) | (w << 48)
+    };
+    let (ws, wu) = (word(s), word(u));
+    _mm512_shuffle_epi8(v, _mm512_set_epi64(wu, ws, wu, ws, wu, ws, wu, ws))
 }
 
 /// Lane `i` of `v` in lanes `4i..4i+4` (`i` < 4), from the low four lanes.
@@ -568,13 +574,15 @@ macro_rules! walk_512 {
 }
 
 /// One Q4_K/Q5_K super-block of a row quad, unpacked: `l[2s + h]` holds the levels of
-/// half `h` (16 elements) of sub-block `s` of every row (row `r` in lane `r`), `sc[s]`
-/// the rows' scales of sub-block `s` (see [`pick_i16`]), `mn` the rows' eight mins as
-/// i16 per lane, and `d`, `ndmin` the rows' `d` and `-dmin` in lanes `4r..4r+4`.
+/// half `h` (16 elements) of sub-block `s` of every row (row `r` in lane `r`), `sc[q]`
+/// the rows' scales of sub-blocks `2q` and `2q + 1` (see [`pick_pair`]), `mn` the rows'
+/// mins `[m0, m0, m1, m1, .., m3, m3]` and `[m4, m4, .., m7, m7]` as i16 per lane (against
+/// the sixteen group sums), and `d`, `ndmin` the rows' `d` and `-dmin` in lanes
+/// `4r..4r+4`.
 struct K4Prep {
     l: [__m512i; 16],
-    sc: [__m512i; 8],
-    mn: __m512i,
+    sc: [__m512i; 4],
+    mn: [__m512i; 2],
     d: __m512,
     ndmin: __m512,
 }
@@ -612,7 +620,7 @@ unsafe fn k4_prep<const Q5: bool>(x: &[*const u8; 4]) -> K4Prep {
         dm[r] = u32::from_le(d);
     }
     // SAFETY: the arrays are 32 and 16 readable bytes.
-    let (sc16, mn, dm) = unsafe {
+    let (sc16, mn16, dm) = unsafe {
         (
             _mm512_cvtepu8_epi16(ld256(scw.as_ptr().cast())),
             _mm512_cvtepu8_epi16(ld256(mnw.as_ptr().cast())),
@@ -623,7 +631,11 @@ unsafe fn k4_prep<const Q5: bool>(x: &[*const u8; 4]) -> K4Prep {
     let dm = _mm512_castps256_ps512(dm);
     let d = spread4(dm, 2, 0);
     let ndmin = negate(spread4(dm, 2, 1));
-    let sc = core::array::from_fn(|s| pick_i16(sc16, s));
+    let sc = core::array::from_fn(|q| pick_pair(sc16, 2 * q, 2 * q + 1));
+    let mn = [
+        _mm512_unpacklo_epi16(mn16, mn16),
+        _mm512_unpackhi_epi16(mn16, mn16),
+    ];
 
     let low4 = _mm512_set1_epi8(0x0F);
     let bit4 = _mm512_set1_epi8(0x10);
@@ -678,6 +690,7 @@ unsafe fn k4_group(w: &K4Prep, y: &[*const u8; 4], acc: __m512) -> __m512 {
     for t in 0..4 {
         let yq = y[t];
         let mut tot = zero;
+        let mut dots = [zero; 8];
         for s in 0..8 {
             // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
             let (y0, y1) = unsafe {
@@ -686,24 +699,27 @@ unsafe fn k4_group(w: &K4Prep, y: &[*const u8; 4], acc: __m512) -> __m512 {
                     bcast128(yq.add(Q8K_QS + 32 * s + 16)),
                 )
             };
-            // Per lane at most 8 · 31 · 128 < 2^15 in magnitude: fits the i16 `vpdpwssd`
-            // reads (the high half is the sign extension, times the zero high half of
-            // the scale).
-            let dot = _mm512_dpbusd_epi32(
+            dots[s] = _mm512_dpbusd_epi32(
                 _mm512_dpbusd_epi32(zero, w.l[2 * s], y0),
                 w.l[2 * s + 1],
                 y1,
             );
-            tot = _mm512_dpwssd_epi32(tot, dot, w.sc[s]);
+        }
+        // Per lane at most 8 · 31 · 128 < 2^15 in magnitude: packing two sub-blocks'
+        // sums to i16 is exact, and `vpdpwssd` weights each with its scale.
+        for q in 0..4 {
+            let p = _mm512_packs_epi32(dots[2 * q], dots[2 * q + 1]);
+            tot = _mm512_dpwssd_epi32(tot, p, w.sc[q]);
         }
         s1[t] = tot;
         // SAFETY: as above; the sixteen group sums are at `Q8K_BSUMS`.
-        let bs = unsafe { ld256(yq.add(Q8K_BSUMS)) };
-        let pairs = _mm_hadd_epi16(
-            _mm256_castsi256_si128(bs),
-            _mm256_extracti128_si256::<1>(bs),
-        );
-        s2[t] = _mm512_madd_epi16(w.mn, _mm512_broadcast_i32x4(pairs));
+        let (b0, b1) = unsafe {
+            (
+                bcast128(yq.add(Q8K_BSUMS)),
+                bcast128(yq.add(Q8K_BSUMS + 16)),
+            )
+        };
+        s2[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, w.mn[0], b0), w.mn[1], b1);
     }
     // SAFETY: as above.
     let d8 = unsafe { d8_lanes(y) };
@@ -717,12 +733,12 @@ unsafe fn k4_panel_512<const Q5: bool>(p: &Panel, out: &mut [f32]) {
 }
 
 /// One Q6_K super-block of a row quad, unpacked: `l[s]` holds the unsigned levels
-/// (`u = level + 32` < 64) of sub-block `s` (16 elements) of every row, `sc[s]` its
-/// scales (see [`pick_i16`]), `nsc` the rows' scales times -32 as i16 (sub-blocks 0..8
-/// and 8..16), `d` the rows' scales in lanes `4r..4r+4`.
+/// (`u = level + 32` < 64) of sub-block `s` (16 elements) of every row, `sc[k]` the
+/// scales of sub-blocks `2k` and `2k + 1` (see [`pick_pair`]), `nsc` the rows' scales
+/// times -32 as i16 (sub-blocks 0..8 and 8..16), `d` the rows' `d` in lanes `4r..4r+4`.
 struct Q6Prep {
     l: [__m512i; 16],
-    sc: [__m512i; 16],
+    sc: [__m512i; 8],
     nsc: [__m512i; 2],
     d: __m512,
 }
@@ -748,7 +764,7 @@ unsafe fn q6_prep(x: &[*const u8; 4]) -> Q6Prep {
         _mm512_srai_epi16::<8>(_mm512_unpacklo_epi8(raw, raw)),
         _mm512_srai_epi16::<8>(_mm512_unpackhi_epi8(raw, raw)),
     ];
-    let sc = core::array::from_fn(|s| pick_i16(scw[s / 8], s % 8));
+    let sc = core::array::from_fn(|k| pick_pair(scw[k / 4], 2 * (k % 4), 2 * (k % 4) + 1));
     let nsc = scw.map(|v| _mm512_slli_epi16::<5>(_mm512_sub_epi16(_mm512_setzero_si512(), v)));
 
     let low4 = _mm512_set1_epi8(0x0F);
@@ -817,12 +833,21 @@ unsafe fn q6_group(w: &Q6Prep, y: &[*const u8; 4], acc: __m512) -> __m512 {
             )
         };
         let mut tot = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, w.nsc[0], b0), w.nsc[1], b1);
-        for s in 0..16 {
+        for k in 0..8 {
             // SAFETY: as above.
-            let ys = unsafe { bcast128(yq.add(Q8K_QS + 16 * s)) };
-            // Per lane at most 4 · 63 · 128 < 2^15 in magnitude (see `k4_group`).
-            let dot = _mm512_dpbusd_epi32(zero, w.l[s], ys);
-            tot = _mm512_dpwssd_epi32(tot, dot, w.sc[s]);
+            let (y0, y1) = unsafe {
+                (
+                    bcast128(yq.add(Q8K_QS + 32 * k)),
+                    bcast128(yq.add(Q8K_QS + 32 * k + 16)),
+                )
+            };
+            // Per lane at most 4 · 63 · 128 < 2^15 in magnitude: packing two
+            // sub-blocks' sums to i16 is exact (see `k4_group`).
+            let p = _mm512_packs_epi32(
+                _mm512_dpbusd_epi32(zero, w.l[2 * k], y0),
+                _mm512_dpbusd_epi32(zero, w.l[2 * k + 1], y1),
+            );
+            tot = _mm512_dpwssd_epi32(tot, p, w.sc[k]);
         }
         s1[t] = tot;
     }
