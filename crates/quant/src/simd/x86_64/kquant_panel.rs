@@ -691,7 +691,7 @@ unsafe fn k4_group(w: &K4Prep, y: &[*const u8; 4], acc: __m512) -> __m512 {
         let yq = y[t];
         let mut tot = zero;
         let mut dots = [zero; 8];
-        for s in 0..8 {
+        for (s, dot) in dots.iter_mut().enumerate() {
             // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
             let (y0, y1) = unsafe {
                 (
@@ -699,7 +699,7 @@ unsafe fn k4_group(w: &K4Prep, y: &[*const u8; 4], acc: __m512) -> __m512 {
                     bcast128(yq.add(Q8K_QS + 32 * s + 16)),
                 )
             };
-            dots[s] = _mm512_dpbusd_epi32(
+            *dot = _mm512_dpbusd_epi32(
                 _mm512_dpbusd_epi32(zero, w.l[2 * s], y0),
                 w.l[2 * s + 1],
                 y1,
