@@ -378,7 +378,7 @@ fn hsum_pair_epi32(a: __m256i, b: __m256i) -> (i32, i32) {
 /// products `maddubs` of levels < 16 and bytes, weighted with `madd` by scales < 64:
 /// exact) and `s2 = Σ_s m_s · (bsum_2s + bsum_2s+1)`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+fn q4_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
     let mut acc = [0.0f32; N];
     let low4 = _mm256_set1_epi8(0x0F);
     let mut ys = a.map(blocks::<Q8_K_BYTES>);
@@ -420,7 +420,7 @@ pub(super) fn q4_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] 
 /// integers `s1`, `s2`, the same float steps in the same order), so every result has
 /// its bits. Rows or activations of unequal block counts take the one-row kernel.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_k_tiled_2x4(w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
+fn q4_k_tiled_2x4(w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
     let nb = w[0].len() / Q4_K_BYTES;
     if w.iter().any(|r| r.len() / Q4_K_BYTES != nb) || a.iter().any(|r| r.len() / Q8_K_BYTES != nb)
     {
@@ -515,7 +515,7 @@ pub(crate) fn tile_q4_k_tiled(w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
 /// Σ (u - 32) · y` over the sixteen 16-element groups, from the unsigned levels `u`
 /// (< 64) with the offset subtracted through the group sums, all exact in i32.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+fn q6_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
     let mut acc = [0.0f32; N];
     let low4 = _mm256_set1_epi8(0x0F);
     let mut ys = a.map(blocks::<Q8_K_BYTES>);

@@ -14,11 +14,11 @@
 //! sixteen activation bytes (broadcast to all four lanes) in `vpdpbusd`, so a row's sums
 //! stay in its own lane and only four lanes per row are left to add up per super-block.
 //! The weights of a super-block are unpacked once per row quad and reused for up to
-//! [`CHUNK`] tokens. Without AVX-512 the AVX2 tiles of `kquant_dot` run over the panel.
+//! [`CHUNK`] tokens. Without AVX-512 the AVX2 kernels do the same with two rows per
+//! register, `maddubs` + `madd` in place of the VNNI instructions.
 
 use core::arch::x86_64::*;
 
-use super::kquant_dot;
 use crate::kquants::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES};
 use crate::GgmlType;
 
@@ -170,8 +170,14 @@ pub(super) fn run(
         }
         Some(Isa::Avx2) if super::available() => {
             // SAFETY: `available()` confirmed AVX2, FMA and F16C and YMM state support;
-            // the AVX2 panel reads only through checked slices of `w` and `a`.
-            unsafe { panel_avx2(kind, w, rb, a, ab, tokens, s, out) }
+            // the buffers are as for the AVX-512 kernels above.
+            unsafe {
+                match kind {
+                    Kind::Q4K => k4_panel_avx2::<false>(&p, out),
+                    Kind::Q5K => k4_panel_avx2::<true>(&p, out),
+                    Kind::Q6K => q6_panel_avx2(&p, out),
+                }
+            }
         }
         _ => out.fill(f32::NAN),
     }
@@ -186,144 +192,6 @@ struct Panel {
     tokens: usize,
     rows: usize,
     nb: usize,
-}
-
-// ---------------------------------------------------------------------------------------
-// AVX2: the existing tiles over the panel (two rows by four tokens for Q4_K, one row by
-// four tokens otherwise), called directly rather than through function pointers.
-
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn panel_avx2(
-    kind: Kind,
-    w: &[u8],
-    rb: usize,
-    a: &[u8],
-    ab: usize,
-    tokens: usize,
-    s: Shape,
-    out: &mut [f32],
-) {
-    let row = |r: usize| w.get(r * rb..(r + 1) * rb).unwrap_or(&[]);
-    let tok = |t: usize| a.get(t * ab..t * ab + s.nb * Q8_K_BYTES).unwrap_or(&[]);
-    let quads = tokens / 4;
-    let one = |r: &[u8], y: &[u8]| -> f32 {
-        let [v] = match kind {
-            Kind::Q4K => kquant_dot::q4_k_tiled_n::<1>(r, [y]),
-            Kind::Q5K => q5_k_tiled_n::<1>(r, [y]),
-            Kind::Q6K => kquant_dot::q6_k_tiled_n::<1>(r, [y]),
-        };
-        v
-    };
-    let four = |r: &[u8], y: [&[u8]; 4]| -> [f32; 4] {
-        match kind {
-            Kind::Q4K => kquant_dot::q4_k_tiled_n::<4>(r, y),
-            Kind::Q5K => q5_k_tiled_n::<4>(r, y),
-            Kind::Q6K => kquant_dot::q6_k_tiled_n::<4>(r, y),
-        }
-    };
-    let mut r = 0;
-    if kind == Kind::Q4K {
-        while r + 2 <= s.rows {
-            let (r0, r1) = (row(r), row(r + 1));
-            for q in 0..quads {
-                let y = [tok(4 * q), tok(4 * q + 1), tok(4 * q + 2), tok(4 * q + 3)];
-                let [v0, v1] = kquant_dot::q4_k_tiled_2x4([r0, r1], y);
-                out[r * tokens + 4 * q..][..4].copy_from_slice(&v0);
-                out[(r + 1) * tokens + 4 * q..][..4].copy_from_slice(&v1);
-            }
-            for t in 4 * quads..tokens {
-                out[r * tokens + t] = one(r0, tok(t));
-                out[(r + 1) * tokens + t] = one(r1, tok(t));
-            }
-            r += 2;
-        }
-    }
-    while r < s.rows {
-        let x = row(r);
-        for q in 0..quads {
-            let y = [tok(4 * q), tok(4 * q + 1), tok(4 * q + 2), tok(4 * q + 3)];
-            out[r * tokens + 4 * q..][..4].copy_from_slice(&four(x, y));
-        }
-        for t in 4 * quads..tokens {
-            out[r * tokens + t] = one(x, tok(t));
-        }
-        r += 1;
-    }
-}
-
-/// Q5_K weights against `N` Q8_K activation rows in the tiled order (AVX2): the steps of
-/// `kquant_dot`'s Q4_K kernel with the fifth level bit added from `qh` (levels < 32,
-/// so `maddubs` pair sums stay below 2 · 31 · 128 < 2^15 and nothing saturates).
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q5_k_tiled_n<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-    use super::{f16_pair, lane0, lane1, load256};
-    use crate::bytes::{blocks, sub};
-    let mut acc = [0.0f32; N];
-    let low4 = _mm256_set1_epi8(0x0F);
-    let bit4 = _mm256_set1_epi8(0x10);
-    let mut ys = a.map(blocks::<Q8_K_BYTES>);
-    for x in blocks::<Q5_K_BYTES>(w) {
-        let dm = f16_pair(sub(x, 0));
-        let (d, dmin) = (lane0(dm), lane1(dm));
-        let (sc, mn) = crate::kquants::unpack_k4_scales(sub(x, 4));
-        let qh = load256(sub(x, 16));
-        let mut lv = [_mm256_setzero_si256(); 8];
-        for q in 0..4 {
-            let bits = load256(sub(x, 48 + 32 * q));
-            for (k, nib) in [
-                _mm256_and_si256(bits, low4),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let s = 2 * q + k;
-                let m = _mm256_set1_epi8((1u8 << s) as i8);
-                let hb = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m), bit4);
-                lv[s] = _mm256_or_si256(nib, hb);
-            }
-        }
-        let scv = sc.map(|s| _mm256_set1_epi16(i16::from(s)));
-        let m32 =
-            _mm256_cvtepu16_epi32(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(i64::from_le_bytes(mn))));
-        let mnv = _mm256_or_si256(m32, _mm256_slli_epi32::<16>(m32));
-        for (it, acc) in ys.iter_mut().zip(acc.iter_mut()) {
-            let Some(y) = it.next() else {
-                *acc = f32::NAN;
-                continue;
-            };
-            let mut sumi = _mm256_setzero_si256();
-            for (c, lv) in lv.iter().enumerate() {
-                let p = _mm256_maddubs_epi16(*lv, load256(sub(y, Q8K_QS + 32 * c)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv[c]));
-            }
-            let s2v = _mm256_madd_epi16(load256(sub(y, Q8K_BSUMS)), mnv);
-            let s1 = hsum8(sumi);
-            let s2 = hsum8(s2v);
-            let d8 = f32::from_le_bytes(*sub(y, 0));
-            let mut r = s1 as f32 * d;
-            r = fma_f64_scalar(-dmin, s2 as f32, r);
-            *acc = fma_f64_scalar(r, d8, *acc);
-        }
-    }
-    acc
-}
-
-/// Sum of eight i32 lanes (exact).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn hsum8(v: __m256i) -> i32 {
-    super::hsum_epi32_128(_mm_add_epi32(
-        _mm256_castsi256_si128(v),
-        _mm256_extracti128_si256::<1>(v),
-    ))
-}
-
-/// `a · b + c` rounded once from f64 (the engine's `ops::fma`).
-#[inline(always)]
-fn fma_f64_scalar(a: f32, b: f32, c: f32) -> f32 {
-    (f64::from(a) * f64::from(b) + f64::from(c)) as f32
 }
 
 // ---------------------------------------------------------------------------------------
@@ -508,22 +376,42 @@ fn negate(v: __m512) -> __m512 {
     ))
 }
 
-/// Walks a panel in row quads (the last quad padded by repeating its last row) and
+/// The sixteen lanes of `v`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn lanes_512(v: __m512) -> [f32; 16] {
+    let mut out = [0.0f32; 16];
+    // SAFETY: `out` is 16 writable f32.
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// The eight lanes of `v` (then zeros).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lanes_256(v: __m256) -> [f32; 16] {
+    let mut out = [0.0f32; 16];
+    // SAFETY: `out` has at least 8 writable f32.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// Walks a panel in groups of `$rows` rows (the last padded by repeating its last row) and
 /// chunks of up to [`CHUNK`] tokens (groups of four, the last padded by repeating its
 /// last token): `$prep` unpacks one super-block of a quad, `$group` adds one group of
 /// four tokens' share of it to that group's accumulators (lane `4r + t`). A macro, so
 /// that both are called directly from the target-feature function it expands in (and
 /// inlined there). Expands to unsafe code: the caller guarantees what `run` validated.
-macro_rules! walk_512 {
-    ($p:expr, $block:expr, $out:expr, $prep:path, $group:path) => {{
+macro_rules! walk {
+    ($p:expr, $block:expr, $out:expr, $prep:path, $group:path, $rows:literal, $zero:expr, $lanes:path) => {{
         let p: &Panel = $p;
         let out: &mut [f32] = $out;
         let mut r0 = 0;
         while r0 < p.rows {
-            let nr = (p.rows - r0).min(4);
+            let nr = (p.rows - r0).min($rows);
             // Row indices stay below `rows` and token indices below `tokens`, and `run`
             // checked that the buffers hold all of them.
-            let rows: [*const u8; 4] = core::array::from_fn(|i| {
+            let rows: [*const u8; $rows] = core::array::from_fn(|i| {
                 // SAFETY: row `r0 + i.min(nr - 1)` < `rows` starts inside `w`.
                 unsafe { p.w.add((r0 + i.min(nr - 1)) * p.rb) }
             });
@@ -531,7 +419,7 @@ macro_rules! walk_512 {
             while t0 < p.tokens {
                 let nt = (p.tokens - t0).min(CHUNK);
                 let groups = nt.div_ceil(4);
-                let mut acc = [_mm512_setzero_ps(); CHUNK / 4];
+                let mut acc = [$zero; CHUNK / 4];
                 for b in 0..p.nb {
                     // SAFETY: block `b` < `nb` of each row is inside `w`.
                     let x = rows.map(|r| unsafe { r.add(b * $block) });
@@ -552,9 +440,7 @@ macro_rules! walk_512 {
                     }
                 }
                 for (g, acc) in acc.iter().enumerate().take(groups) {
-                    let mut v = [0.0f32; 16];
-                    // SAFETY: `v` is 16 writable f32.
-                    unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *acc) };
+                    let v: [f32; 16] = $lanes(*acc);
                     for r in 0..nr {
                         for t in 0..4 {
                             let tok = 4 * g + t;
@@ -729,7 +615,16 @@ unsafe fn k4_group(w: &K4Prep, y: &[*const u8; 4], acc: __m512) -> __m512 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn k4_panel_512<const Q5: bool>(p: &Panel, out: &mut [f32]) {
     let block = if Q5 { Q5_K_BYTES } else { Q4_K_BYTES };
-    walk_512!(p, block, out, k4_prep::<Q5>, k4_group);
+    walk!(
+        p,
+        block,
+        out,
+        k4_prep::<Q5>,
+        k4_group,
+        4,
+        _mm512_setzero_ps(),
+        lanes_512
+    );
 }
 
 /// One Q6_K super-block of a row quad, unpacked: `l[s]` holds the unsigned levels
@@ -858,7 +753,394 @@ unsafe fn q6_group(w: &Q6Prep, y: &[*const u8; 4], acc: __m512) -> __m512 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q6_panel_512(p: &Panel, out: &mut [f32]) {
-    walk_512!(p, Q6_K_BYTES, out, q6_prep, q6_group);
+    walk!(
+        p,
+        Q6_K_BYTES,
+        out,
+        q6_prep,
+        q6_group,
+        4,
+        _mm512_setzero_ps(),
+        lanes_512
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX2: the same scheme with two weight rows per register (row `r` in 128-bit lane `r`)
+// and `maddubs` + `madd` in place of the VNNI instructions; after the reduction, f32 lane
+// `4r + t` holds row `r`, token `t` of a group of four tokens.
+
+/// Loads 16 bytes at `p` (AVX2 context).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn ld128_2(p: *const u8) -> __m128i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`; `loadu` is unaligned.
+    unsafe { _mm_loadu_si128(p.cast()) }
+}
+
+/// The 16 bytes at `p` in both 128-bit lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn bcast128_2(p: *const u8) -> __m256i {
+    // SAFETY: forwarded to the caller.
+    _mm256_broadcastsi128_si256(unsafe { ld128_2(p) })
+}
+
+/// Bytes `off..off + 16` and `off + 16..off + 32` of two rows: lane `r` of the first
+/// result holds row `r`'s first sixteen bytes, of the second its next sixteen.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn gather32_2(x: &[*const u8; 2], off: usize) -> (__m256i, __m256i) {
+    // SAFETY: the caller guarantees 32 readable bytes at `off` in each row.
+    let (a, b) = unsafe {
+        (
+            _mm256_loadu_si256(x[0].add(off).cast()),
+            _mm256_loadu_si256(x[1].add(off).cast()),
+        )
+    };
+    (
+        _mm256_permute2x128_si256::<0x20>(a, b),
+        _mm256_permute2x128_si256::<0x31>(a, b),
+    )
+}
+
+/// Shuffle control putting i16 element `s` (0..8) of each 128-bit lane in all eight.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn bcast_i16(v: __m256i, s: usize) -> __m256i {
+    let lo = (2 * (s & 7)) as i16;
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(lo | ((lo + 1) << 8)))
+}
+
+/// Per 128-bit lane `r`: the lane sums of `v[0..4]` as lanes `4r..4r+4` (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn reduce4_2(v: [__m256i; 4]) -> __m256i {
+    let s01 = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(v[0], v[1]),
+        _mm256_unpackhi_epi32(v[0], v[1]),
+    );
+    let s23 = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(v[2], v[3]),
+        _mm256_unpackhi_epi32(v[2], v[3]),
+    );
+    _mm256_add_epi32(
+        _mm256_unpacklo_epi64(s01, s23),
+        _mm256_unpackhi_epi64(s01, s23),
+    )
+}
+
+/// [`fma_f64`] for eight lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn fma_f64_2(a: __m256, b: __m256, c: __m256) -> __m256 {
+    let lo = _mm256_cvtpd_ps(_mm256_fmadd_pd(
+        _mm256_cvtps_pd(_mm256_castps256_ps128(a)),
+        _mm256_cvtps_pd(_mm256_castps256_ps128(b)),
+        _mm256_cvtps_pd(_mm256_castps256_ps128(c)),
+    ));
+    let hi = _mm256_cvtpd_ps(_mm256_fmadd_pd(
+        _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(a)),
+        _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(b)),
+        _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(c)),
+    ));
+    _mm256_set_m128(hi, lo)
+}
+
+/// [`tiled_step`] for eight (row, token) lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn tiled_step_2(
+    acc: __m256,
+    s1: __m256i,
+    d: __m256,
+    min: Option<(__m256, __m256i)>,
+    d8: __m256,
+) -> __m256 {
+    let mut r = _mm256_mul_ps(_mm256_cvtepi32_ps(s1), d);
+    if let Some((ndmin, s2)) = min {
+        r = fma_f64_2(ndmin, _mm256_cvtepi32_ps(s2), r);
+    }
+    fma_f64_2(r, d8, acc)
+}
+
+/// The activation scales of a group of four tokens, token `t` in lanes `t` and `4 + t`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn d8_lanes_2(y: &[*const u8; 4]) -> __m256 {
+    // SAFETY: the caller guarantees a Q8_K block at each `y[t]`; `d` is its first field.
+    let d = y.map(|p| unsafe { p.cast::<f32>().read_unaligned() });
+    let v = _mm_setr_ps(d[0], d[1], d[2], d[3]);
+    _mm256_set_m128(v, v)
+}
+
+/// Per-row values in lanes `4r..4r+4`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn per_row_2(v0: f32, v1: f32) -> __m256 {
+    _mm256_set_m128(_mm_set1_ps(v1), _mm_set1_ps(v0))
+}
+
+/// [`K4Prep`] for a row pair: `l[2s + h]` the levels of half `h` of sub-block `s`,
+/// `sc[s]` the rows' scale of sub-block `s` in every i16 of their lane, `mn` as in
+/// [`K4Prep`].
+struct K4Prep2 {
+    l: [__m256i; 16],
+    sc: [__m256i; 8],
+    mn: [__m256i; 2],
+    d: __m256,
+    ndmin: __m256,
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_prep_2<const Q5: bool>(x: &[*const u8; 2]) -> K4Prep2 {
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    let mut scw = [0u64; 2];
+    let mut mnw = [0u64; 2];
+    let mut d = [0.0f32; 2];
+    let mut dmin = [0.0f32; 2];
+    for r in 0..2 {
+        // SAFETY: the caller guarantees a whole block at each `x[r]`: the f16 pair at 0
+        // and the twelve scale bytes at 4.
+        let (dm, a0, a1, a2) = unsafe {
+            let p = x[r];
+            (
+                _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())),
+                u32::from_le(p.add(4).cast::<u32>().read_unaligned()),
+                u32::from_le(p.add(8).cast::<u32>().read_unaligned()),
+                u32::from_le(p.add(12).cast::<u32>().read_unaligned()),
+            )
+        };
+        d[r] = _mm_cvtss_f32(dm);
+        dmin[r] = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+        let sc_lo = a0 & LOW6;
+        let mn_lo = a1 & LOW6;
+        let sc_hi = (a2 & LOW4) | (((a0 >> 6) & LOW2) << 4);
+        let mn_hi = ((a2 >> 4) & LOW4) | (((a1 >> 6) & LOW2) << 4);
+        scw[r] = u64::from(sc_lo) | (u64::from(sc_hi) << 32);
+        mnw[r] = u64::from(mn_lo) | (u64::from(mn_hi) << 32);
+    }
+    // SAFETY: the arrays are 16 readable bytes each.
+    let (sc16, mn16) = unsafe {
+        (
+            _mm256_cvtepu8_epi16(ld128_2(scw.as_ptr().cast())),
+            _mm256_cvtepu8_epi16(ld128_2(mnw.as_ptr().cast())),
+        )
+    };
+    let sc = core::array::from_fn(|s| bcast_i16(sc16, s));
+    let mn = [
+        _mm256_unpacklo_epi16(mn16, mn16),
+        _mm256_unpackhi_epi16(mn16, mn16),
+    ];
+    let low4 = _mm256_set1_epi8(0x0F);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let qs_off = if Q5 { 48 } else { 16 };
+    let qh = if Q5 {
+        // SAFETY: Q5_K's 32 high-bit bytes are at 16.
+        unsafe { gather32_2(x, 16) }
+    } else {
+        (_mm256_setzero_si256(), _mm256_setzero_si256())
+    };
+    let mut l = [_mm256_setzero_si256(); 16];
+    for q in 0..4 {
+        // SAFETY: the 128 level bytes are at `qs_off`.
+        let (p0, p1) = unsafe { gather32_2(x, qs_off + 32 * q) };
+        let mut v = [
+            _mm256_and_si256(p0, low4),
+            _mm256_and_si256(p1, low4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(p0), low4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(p1), low4),
+        ];
+        if Q5 {
+            for (k, v) in v.iter_mut().enumerate() {
+                let s = 2 * q + k / 2;
+                let h = if k % 2 == 0 { qh.0 } else { qh.1 };
+                let moved = if s <= 4 {
+                    _mm256_sll_epi16(h, _mm_cvtsi32_si128(4 - s as i32))
+                } else {
+                    _mm256_srl_epi16(h, _mm_cvtsi32_si128(s as i32 - 4))
+                };
+                *v = _mm256_or_si256(*v, _mm256_and_si256(moved, bit4));
+            }
+        }
+        l[4 * q..4 * q + 4].copy_from_slice(&v);
+    }
+    K4Prep2 {
+        l,
+        sc,
+        mn,
+        d: per_row_2(d[0], d[1]),
+        ndmin: per_row_2(-dmin[0], -dmin[1]),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_group_2(w: &K4Prep2, y: &[*const u8; 4], acc: __m256) -> __m256 {
+    let zero = _mm256_setzero_si256();
+    let mut s1 = [zero; 4];
+    let mut s2 = [zero; 4];
+    for t in 0..4 {
+        let yq = y[t];
+        let mut tot = zero;
+        for s in 0..8 {
+            // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+            let (y0, y1) = unsafe {
+                (
+                    bcast128_2(yq.add(Q8K_QS + 32 * s)),
+                    bcast128_2(yq.add(Q8K_QS + 32 * s + 16)),
+                )
+            };
+            // Pair sums below 2 · 31 · 128 each, four of them below 2^15: the i16 adds
+            // are exact, and `madd` weights them with the scale (< 64) exactly.
+            let p = _mm256_add_epi16(
+                _mm256_maddubs_epi16(w.l[2 * s], y0),
+                _mm256_maddubs_epi16(w.l[2 * s + 1], y1),
+            );
+            tot = _mm256_add_epi32(tot, _mm256_madd_epi16(p, w.sc[s]));
+        }
+        s1[t] = tot;
+        // SAFETY: as above; the sixteen group sums are at `Q8K_BSUMS`.
+        let (b0, b1) = unsafe {
+            (
+                bcast128_2(yq.add(Q8K_BSUMS)),
+                bcast128_2(yq.add(Q8K_BSUMS + 16)),
+            )
+        };
+        s2[t] = _mm256_add_epi32(
+            _mm256_madd_epi16(w.mn[0], b0),
+            _mm256_madd_epi16(w.mn[1], b1),
+        );
+    }
+    // SAFETY: as above.
+    let d8 = unsafe { d8_lanes_2(y) };
+    tiled_step_2(acc, reduce4_2(s1), w.d, Some((w.ndmin, reduce4_2(s2))), d8)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_panel_avx2<const Q5: bool>(p: &Panel, out: &mut [f32]) {
+    let block = if Q5 { Q5_K_BYTES } else { Q4_K_BYTES };
+    walk!(
+        p,
+        block,
+        out,
+        k4_prep_2::<Q5>,
+        k4_group_2,
+        2,
+        _mm256_setzero_ps(),
+        lanes_256
+    );
+}
+
+/// [`Q6Prep`] for a row pair: `sc[s]` the rows' scale of sub-block `s` in every i16 of
+/// their lane.
+struct Q6Prep2 {
+    l: [__m256i; 16],
+    sc: [__m256i; 16],
+    nsc: [__m256i; 2],
+    d: __m256,
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_prep_2(x: &[*const u8; 2]) -> Q6Prep2 {
+    // SAFETY: the caller guarantees a whole block at each `x[r]`: `d` at 208, the
+    // sixteen i8 scales at 192.
+    let (dh, raw) = unsafe {
+        (
+            x.map(|p| p.add(208).cast::<u16>().read_unaligned()),
+            _mm256_set_m128i(ld128_2(x[1].add(192)), ld128_2(x[0].add(192))),
+        )
+    };
+    let dv = _mm_cvtph_ps(_mm_cvtsi32_si128(
+        (u32::from(u16::from_le(dh[0])) | (u32::from(u16::from_le(dh[1])) << 16)) as i32,
+    ));
+    let d = per_row_2(_mm_cvtss_f32(dv), _mm_cvtss_f32(_mm_movehdup_ps(dv)));
+    let scw = [
+        _mm256_srai_epi16::<8>(_mm256_unpacklo_epi8(raw, raw)),
+        _mm256_srai_epi16::<8>(_mm256_unpackhi_epi8(raw, raw)),
+    ];
+    let sc = core::array::from_fn(|s| bcast_i16(scw[s / 8], s % 8));
+    let nsc = scw.map(|v| _mm256_slli_epi16::<5>(_mm256_sub_epi16(_mm256_setzero_si256(), v)));
+    let low4 = _mm256_set1_epi8(0x0F);
+    let m03 = _mm256_set1_epi8(0x03);
+    let m0c = _mm256_set1_epi8(0x0C);
+    let m30 = _mm256_set1_epi8(0x30);
+    let mut l = [_mm256_setzero_si256(); 16];
+    for half in 0..2 {
+        // SAFETY: `ql` is at 0 (128 bytes), `qh` at 128 (64 bytes).
+        let (ql0, ql1, qh) = unsafe {
+            (
+                gather32_2(x, 64 * half),
+                gather32_2(x, 64 * half + 32),
+                gather32_2(x, 128 + 32 * half),
+            )
+        };
+        for (piece, (ql0, ql1, qh)) in [(ql0.0, ql1.0, qh.0), (ql0.1, ql1.1, qh.1)]
+            .into_iter()
+            .enumerate()
+        {
+            let s = 8 * half + piece;
+            let or = |a: __m256i, c: __m256i| _mm256_or_si256(_mm256_and_si256(a, low4), c);
+            l[s] = or(ql0, _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m03)));
+            l[s + 2] = or(ql1, _mm256_slli_epi16::<2>(_mm256_and_si256(qh, m0c)));
+            l[s + 4] = or(_mm256_srli_epi16::<4>(ql0), _mm256_and_si256(qh, m30));
+            l[s + 6] = or(
+                _mm256_srli_epi16::<4>(ql1),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+            );
+        }
+    }
+    Q6Prep2 { l, sc, nsc, d }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_group_2(w: &Q6Prep2, y: &[*const u8; 4], acc: __m256) -> __m256 {
+    let zero = _mm256_setzero_si256();
+    let mut s1 = [zero; 4];
+    for t in 0..4 {
+        let yq = y[t];
+        // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+        let (b0, b1) = unsafe {
+            (
+                bcast128_2(yq.add(Q8K_BSUMS)),
+                bcast128_2(yq.add(Q8K_BSUMS + 16)),
+            )
+        };
+        let mut tot = _mm256_add_epi32(
+            _mm256_madd_epi16(w.nsc[0], b0),
+            _mm256_madd_epi16(w.nsc[1], b1),
+        );
+        for s in 0..16 {
+            // SAFETY: as above.
+            let ys = unsafe { bcast128_2(yq.add(Q8K_QS + 16 * s)) };
+            // Pair sums below 2 · 63 · 128 < 2^15: `maddubs` does not saturate.
+            let p = _mm256_maddubs_epi16(w.l[s], ys);
+            tot = _mm256_add_epi32(tot, _mm256_madd_epi16(p, w.sc[s]));
+        }
+        s1[t] = tot;
+    }
+    // SAFETY: as above.
+    let d8 = unsafe { d8_lanes_2(y) };
+    tiled_step_2(acc, reduce4_2(s1), w.d, None, d8)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_panel_avx2(p: &Panel, out: &mut [f32]) {
+    walk!(
+        p,
+        Q6_K_BYTES,
+        out,
+        q6_prep_2,
+        q6_group_2,
+        2,
+        _mm256_setzero_ps(),
+        lanes_256
+    );
 }
 
 #[cfg(test)]
@@ -1124,8 +1406,8 @@ mod tests {
                 let w = garbage_rows(&mut rng, kind, 1, nb, None);
                 let a = garbage_acts(&mut rng, 1, nb, nb * Q8_K_BYTES, None);
                 let got = match kind {
-                    Kind::Q6K => kquant_dot::dot_q6_k_tiled(&w, &a),
-                    _ => kquant_dot::dot_q4_k_tiled(&w, &a),
+                    Kind::Q6K => super::super::kquant_dot::dot_q6_k_tiled(&w, &a),
+                    _ => super::super::kquant_dot::dot_q4_k_tiled(&w, &a),
                 };
                 assert_eq!(got.to_bits(), twin(kind, &w, &a).to_bits(), "{kind:?}");
             }
@@ -1169,6 +1451,72 @@ mod tests {
             seen.get("Q6_K").is_some_and(|&n| n > 0),
             "no Q6_K tensor checked: {seen:?}"
         );
+    }
+
+    /// CPU time of this thread so far, in ns (the scheduler's own count).
+    fn cpu_ns() -> u64 {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+        s.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("schedstat field")
+    }
+
+    /// Not a check: CPU time of each variant on one 2048 x 5632 x 64 product, against
+    /// the AVX2 tiles the engine used before (`cargo test --release -p embodios-quant --lib
+    /// panel_timing -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn panel_timing() {
+        let (rows, cols, tokens) = (5632, 2048, 64);
+        let mut rng = Rng::new(1);
+        let nb = cols / 256;
+        let ab = nb * Q8_K_BYTES;
+        let a = real_acts(&mut rng, tokens, nb);
+        for kind in [Kind::Q4K, Kind::Q5K, Kind::Q6K] {
+            let rb = nb * kind.block();
+            let x = rng.vec_normal(rows * cols, 0.3);
+            let mut w = vec![0u8; rows * rb];
+            match kind {
+                Kind::Q4K => crate::kfit::quantize_q4_k(&x, &mut w),
+                Kind::Q5K => crate::kfit::quantize_q5_k(&x, &mut w),
+                Kind::Q6K => crate::kfit::quantize_q6_k(&x, &mut w),
+            }
+            let mut out = vec![0.0f32; rows * tokens];
+            let mut best = [u64::MAX; 3];
+            for _ in 0..9 {
+                for (i, isa) in [Isa::Avx512, Isa::Avx2].into_iter().enumerate() {
+                    let t0 = cpu_ns();
+                    run(kind, Some(isa), &w, rb, &a, ab, tokens, &mut out);
+                    best[i] = best[i].min(cpu_ns() - t0);
+                }
+                let t0 = cpu_ns();
+                let toks: Vec<&[u8]> = a.chunks_exact(ab).collect();
+                for r in (0..rows).step_by(2) {
+                    let (r0, r1) = (&w[r * rb..(r + 1) * rb], &w[(r + 1) * rb..(r + 2) * rb]);
+                    for q in toks.chunks_exact(4) {
+                        let y = [q[0], q[1], q[2], q[3]];
+                        let v = match kind {
+                            Kind::Q4K => super::super::kquant_dot::tile_q4_k_tiled([r0, r1], y),
+                            Kind::Q6K => [
+                                super::super::kquant_dot::dot4_q6_k_tiled(r0, y),
+                                super::super::kquant_dot::dot4_q6_k_tiled(r1, y),
+                            ],
+                            Kind::Q5K => [[0.0; 4]; 2],
+                        };
+                        out[r] = v[0][0] + v[1][3];
+                    }
+                }
+                best[2] = best[2].min(cpu_ns() - t0);
+            }
+            let ms = |ns: u64| ns as f64 / 1e6;
+            std::println!(
+                "{kind:?}: avx512 panel {:.2} ms, avx2 panel {:.2} ms, avx2 tiles {:.2} ms",
+                ms(best[0]),
+                ms(best[1]),
+                ms(best[2])
+            );
+        }
     }
 
     #[test]
