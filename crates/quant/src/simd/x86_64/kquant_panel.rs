@@ -33,6 +33,12 @@ pub(super) fn panel(ty: GgmlType) -> Option<crate::PanelFn> {
     }
 }
 
+/// Groups of four tokens one AVX-512 group call takes.
+const GROUPS_512: usize = 2;
+
+/// Most tokens one group call takes (four per group).
+const MAXT: usize = 16;
+
 /// Q8_K field offsets.
 const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
@@ -162,9 +168,9 @@ pub(super) fn run(
             // `rows * tokens` elements.
             unsafe {
                 match kind {
-                    Kind::Q4K => k4_panel_512::<false>(&p, out),
-                    Kind::Q5K => k4_panel_512::<true>(&p, out),
-                    Kind::Q6K => q6_panel_512(&p, out),
+                    Kind::Q4K => k4_panel_512::<false, GROUPS_512>(&p, out),
+                    Kind::Q5K => k4_panel_512::<true, GROUPS_512>(&p, out),
+                    Kind::Q6K => q6_panel_512::<GROUPS_512>(&p, out),
                 }
             }
         }
@@ -419,7 +425,7 @@ fn lanes_256(v: __m256) -> [f32; 16] {
 /// that both are called directly from the target-feature function it expands in (and
 /// inlined there). Expands to unsafe code: the caller guarantees what `run` validated.
 macro_rules! walk {
-    ($p:expr, $block:expr, $out:expr, $prep:path, $group:ident, $pair:literal, $rows:literal, $zero:expr, $lanes:path) => {{
+    ($p:expr, $block:expr, $out:expr, $prep:path, $group:ident, $groups:expr, $rows:literal, $zero:expr, $lanes:path) => {{
         let p: &Panel = $p;
         let out: &mut [f32] = $out;
         let mut r0 = 0;
@@ -442,11 +448,11 @@ macro_rules! walk {
                     // SAFETY: a whole block at each `x[r]`, and the target features of
                     // the expanding function (checked by `run`).
                     let w = unsafe { $prep(&x) };
-                    // Eight tokens per call where `$pair` (and two groups remain),
-                    // else four.
+                    // `4 · $groups` tokens per call while that many groups remain,
+                    // then four at a time.
                     let mut g = 0;
                     while g < groups {
-                        let y: [*const u8; 8] = core::array::from_fn(|i| {
+                        let y: [*const u8; MAXT] = core::array::from_fn(|i| {
                             // SAFETY: token `t0 + (4g + i).min(nt - 1)` < `tokens`, and
                             // its block `b` < `nb` is inside `a`.
                             unsafe {
@@ -454,11 +460,11 @@ macro_rules! walk {
                             }
                         });
                         let rest = acc.get_mut(g..groups).unwrap_or(&mut []);
-                        if $pair && g + 1 < groups {
+                        if $groups > 1 && g + $groups <= groups {
                             // SAFETY: whole Q8_K blocks at each `y[t]`, and the target
                             // features of the expanding function.
-                            unsafe { $group::<2>(&w, &y, rest) };
-                            g += 2;
+                            unsafe { $group::<$groups>(&w, &y, rest) };
+                            g += $groups;
                         } else {
                             // SAFETY: as above.
                             unsafe { $group::<1>(&w, &y, rest) };
@@ -596,10 +602,10 @@ unsafe fn k4_prep<const Q5: bool>(x: &[*const u8; 4]) -> K4Prep {
 /// Adds one Q4_K/Q5_K super-block for four tokens (Q8_K blocks at `y`) to `acc`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-unsafe fn k4_group<const G: usize>(w: &K4Prep, y: &[*const u8; 8], acc: &mut [Acc512]) {
+unsafe fn k4_group<const G: usize>(w: &K4Prep, y: &[*const u8; MAXT], acc: &mut [Acc512]) {
     let zero = _mm512_setzero_si512();
     let n = 4 * G;
-    let mut s1 = [zero; 8];
+    let mut s1 = [zero; MAXT];
     // Sub-block pairs outer, tokens inner: each pair's levels are loaded once for all
     // the tokens.
     for q in 0..4 {
@@ -654,7 +660,7 @@ unsafe fn k4_group<const G: usize>(w: &K4Prep, y: &[*const u8; 8], acc: &mut [Ac
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn k4_panel_512<const Q5: bool>(p: &Panel, out: &mut [f32]) {
+unsafe fn k4_panel_512<const Q5: bool, const G: usize>(p: &Panel, out: &mut [f32]) {
     let block = if Q5 { Q5_K_BYTES } else { Q4_K_BYTES };
     walk!(
         p,
@@ -662,7 +668,7 @@ unsafe fn k4_panel_512<const Q5: bool>(p: &Panel, out: &mut [f32]) {
         out,
         k4_prep::<Q5>,
         k4_group,
-        true,
+        G,
         4,
         [_mm512_setzero_pd(); 2],
         lanes_512
@@ -755,10 +761,10 @@ unsafe fn q6_prep(x: &[*const u8; 4]) -> Q6Prep {
 /// Adds one Q6_K super-block for four tokens (Q8_K blocks at `y`) to `acc`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-unsafe fn q6_group<const G: usize>(w: &Q6Prep, y: &[*const u8; 8], acc: &mut [Acc512]) {
+unsafe fn q6_group<const G: usize>(w: &Q6Prep, y: &[*const u8; MAXT], acc: &mut [Acc512]) {
     let zero = _mm512_setzero_si512();
     let n = 4 * G;
-    let mut s1 = [zero; 8];
+    let mut s1 = [zero; MAXT];
     for (t, s1) in s1.iter_mut().enumerate().take(n) {
         // The -32 level offset first: -32 · Σ_s sc_s · bsum_s (the group sums of a
         // well-formed Q8_K block, as the AVX2 kernels use them).
@@ -800,14 +806,14 @@ unsafe fn q6_group<const G: usize>(w: &Q6Prep, y: &[*const u8; 8], acc: &mut [Ac
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q6_panel_512(p: &Panel, out: &mut [f32]) {
+unsafe fn q6_panel_512<const G: usize>(p: &Panel, out: &mut [f32]) {
     walk!(
         p,
         Q6_K_BYTES,
         out,
         q6_prep,
         q6_group,
-        true,
+        G,
         4,
         [_mm512_setzero_pd(); 2],
         lanes_512
@@ -1028,10 +1034,10 @@ unsafe fn k4_prep_2<const Q5: bool>(x: &[*const u8; 2]) -> K4Prep2 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn k4_group_2<const G: usize>(w: &K4Prep2, y: &[*const u8; 8], acc: &mut [__m256]) {
+unsafe fn k4_group_2<const G: usize>(w: &K4Prep2, y: &[*const u8; MAXT], acc: &mut [__m256]) {
     let zero = _mm256_setzero_si256();
     let n = 4 * G;
-    let mut s1 = [zero; 8];
+    let mut s1 = [zero; MAXT];
     // Sub-blocks outer, tokens inner (see `k4_group`).
     for s in 0..8 {
         for t in 0..n {
@@ -1084,7 +1090,7 @@ unsafe fn k4_panel_avx2<const Q5: bool>(p: &Panel, out: &mut [f32]) {
         out,
         k4_prep_2::<Q5>,
         k4_group_2,
-        false,
+        2,
         2,
         _mm256_setzero_ps(),
         lanes_256
@@ -1155,10 +1161,10 @@ unsafe fn q6_prep_2(x: &[*const u8; 2]) -> Q6Prep2 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn q6_group_2<const G: usize>(w: &Q6Prep2, y: &[*const u8; 8], acc: &mut [__m256]) {
+unsafe fn q6_group_2<const G: usize>(w: &Q6Prep2, y: &[*const u8; MAXT], acc: &mut [__m256]) {
     let zero = _mm256_setzero_si256();
     let n = 4 * G;
-    let mut s1 = [zero; 8];
+    let mut s1 = [zero; MAXT];
     for (t, s1) in s1.iter_mut().enumerate().take(n) {
         // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
         let (b0, b1) = unsafe {
@@ -1201,7 +1207,7 @@ unsafe fn q6_panel_avx2(p: &Panel, out: &mut [f32]) {
         out,
         q6_prep_2,
         q6_group_2,
-        false,
+        2,
         2,
         _mm256_setzero_ps(),
         lanes_256
@@ -1534,6 +1540,7 @@ mod tests {
     #[ignore]
     fn panel_timing() {
         let (rows, cols, tokens) = (5632, 2048, 64);
+        isas();
         let mut rng = Rng::new(1);
         let nb = cols / 256;
         let ab = nb * Q8_K_BYTES;
@@ -1550,8 +1557,34 @@ mod tests {
             let mut out = vec![0.0f32; rows * tokens];
             // The scheduler's count may advance in whole ticks: time `REPS` calls.
             const REPS: u64 = 12;
-            let mut best = [u64::MAX; 3];
+            let mut best = [u64::MAX; 5];
             for _ in 0..5 {
+                let p = Panel {
+                    w: w.as_ptr(),
+                    rb,
+                    a: a.as_ptr(),
+                    ab,
+                    tokens,
+                    rows,
+                    nb,
+                };
+                for (i, g) in [(3, 1), (4, 2)] {
+                    let t0 = cpu_ns();
+                    for _ in 0..REPS {
+                        // SAFETY: `isas` checked AVX-512; the buffers hold the shapes.
+                        unsafe {
+                            match (kind, g) {
+                                (Kind::Q6K, 1) => q6_panel_512::<1>(&p, &mut out),
+                                (Kind::Q6K, _) => q6_panel_512::<4>(&p, &mut out),
+                                (Kind::Q5K, 1) => k4_panel_512::<true, 1>(&p, &mut out),
+                                (Kind::Q5K, _) => k4_panel_512::<true, 4>(&p, &mut out),
+                                (_, 1) => k4_panel_512::<false, 1>(&p, &mut out),
+                                (_, _) => k4_panel_512::<false, 4>(&p, &mut out),
+                            }
+                        }
+                    }
+                    best[i] = best[i].min((cpu_ns() - t0) / REPS);
+                }
                 for (i, isa) in [Isa::Avx512, Isa::Avx2].into_iter().enumerate() {
                     let t0 = cpu_ns();
                     for _ in 0..REPS {
@@ -1580,8 +1613,10 @@ mod tests {
             }
             let ms = |ns: u64| ns as f64 / 1e6;
             std::println!(
-                "{kind:?}: avx512 panel {:.2} ms, avx2 panel {:.2} ms, avx2 tiles {:.2} ms",
+                "{kind:?}: avx512 panel {:.2} ms (4 tokens per call {:.2}, 16 {:.2}), avx2 panel {:.2} ms, avx2 tiles {:.2} ms",
                 ms(best[0]),
+                ms(best[3]),
+                ms(best[4]),
                 ms(best[1]),
                 ms(best[2])
             );
