@@ -395,6 +395,20 @@ fn negate(v: __m512) -> __m512 {
     ))
 }
 
+/// Prefetches the cache lines of `len` bytes from `p` into L2 and L1. Only a hint: an
+/// address past the weights is never read.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch(p: *const u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        // A prefetch never faults and reads nothing architecturally; `wrapping_add`
+        // keeps the address computation itself sound.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
+        off += 64;
+    }
+}
+
 /// The sixteen lanes of `v`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
@@ -448,6 +462,17 @@ macro_rules! walk {
                     // SAFETY: a whole block at each `x[r]`, and the target features of
                     // the expanding function (checked by `run`).
                     let w = unsafe { $prep(&x) };
+                    // The weights come from memory once per panel: ask for the next
+                    // block of each row (or, after the last, the first block of the
+                    // next rows) while this one is multiplied.
+                    for (i, r) in rows.iter().enumerate() {
+                        let next = if b + 1 < p.nb {
+                            r.wrapping_add((b + 1) * $block)
+                        } else {
+                            p.w.wrapping_add((r0 + $rows + i) * p.rb)
+                        };
+                        prefetch(next, $block);
+                    }
                     // `4 · $groups` tokens per call while that many groups remain,
                     // then four at a time.
                     let mut g = 0;
