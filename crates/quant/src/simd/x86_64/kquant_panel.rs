@@ -439,7 +439,7 @@ fn lanes_256(v: __m256) -> [f32; 16] {
 /// that both are called directly from the target-feature function it expands in (and
 /// inlined there). Expands to unsafe code: the caller guarantees what `run` validated.
 macro_rules! walk {
-    ($p:expr, $block:expr, $out:expr, $prep:path, $group:ident, $groups:expr, $rows:literal, $zero:expr, $lanes:path) => {{
+    ($p:expr, $block:expr, $out:expr, $prep:path, $group:ident, $step:path, $groups:expr, $rows:literal, $zero:expr, $izero:expr, $lanes:path) => {{
         let p: &Panel = $p;
         let out: &mut [f32] = $out;
         let mut r0 = 0;
@@ -456,6 +456,7 @@ macro_rules! walk {
                 let nt = (p.tokens - t0).min(CHUNK);
                 let groups = nt.div_ceil(4);
                 let mut acc = [$zero; CHUNK / 4];
+                let mut sums = [[$izero; 2]; CHUNK / 4];
                 for b in 0..p.nb {
                     // SAFETY: block `b` < `nb` of each row is inside `w`.
                     let x = rows.map(|r| unsafe { r.add(b * $block) });
@@ -484,7 +485,7 @@ macro_rules! walk {
                                 p.a.add((t0 + (4 * g + i).min(nt - 1)) * p.ab + b * Q8_K_BYTES)
                             }
                         });
-                        let rest = acc.get_mut(g..groups).unwrap_or(&mut []);
+                        let rest = sums.get_mut(g..groups).unwrap_or(&mut []);
                         if $groups > 1 && g + $groups <= groups {
                             // SAFETY: whole Q8_K blocks at each `y[t]`, and the target
                             // features of the expanding function.
@@ -495,6 +496,20 @@ macro_rules! walk {
                             unsafe { $group::<1>(&w, &y, rest) };
                             g += 1;
                         }
+                    }
+                    // The float steps of all groups together, after their integer
+                    // sums: independent of each other, they overlap in the pipeline
+                    // rather than each waiting at the end of its group's sums.
+                    for (g, (acc, sums)) in acc.iter_mut().zip(&sums).enumerate().take(groups) {
+                        let y: [*const u8; 4] = core::array::from_fn(|i| {
+                            // SAFETY: as for the group calls above.
+                            unsafe {
+                                p.a.add((t0 + (4 * g + i).min(nt - 1)) * p.ab + b * Q8_K_BYTES)
+                            }
+                        });
+                        // SAFETY: whole Q8_K blocks at each `y[t]`, and the target
+                        // features of the expanding function.
+                        *acc = unsafe { $step(&w, *acc, *sums, &y) };
                     }
                 }
                 for (g, acc) in acc.iter().enumerate().take(groups) {
@@ -627,7 +642,7 @@ unsafe fn k4_prep<const Q5: bool>(x: &[*const u8; 4]) -> K4Prep {
 /// Adds one Q4_K/Q5_K super-block for four tokens (Q8_K blocks at `y`) to `acc`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-unsafe fn k4_group<const G: usize>(w: &K4Prep, y: &[*const u8; MAXT], acc: &mut [Acc512]) {
+unsafe fn k4_group<const G: usize>(w: &K4Prep, y: &[*const u8; MAXT], sums: &mut [[__m512i; 2]]) {
     let zero = _mm512_setzero_si512();
     let n = 4 * G;
     let mut s1 = [zero; MAXT];
@@ -674,14 +689,21 @@ unsafe fn k4_group<const G: usize>(w: &K4Prep, y: &[*const u8; MAXT], acc: &mut 
             };
             *s2 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, w.mn[0], b0), w.mn[1], b1);
         }
-        let ys = [y[4 * g], y[4 * g + 1], y[4 * g + 2], y[4 * g + 3]];
-        // SAFETY: as above.
-        let d8 = unsafe { d8_lanes(&ys) };
         let s1 = reduce4([s1[4 * g], s1[4 * g + 1], s1[4 * g + 2], s1[4 * g + 3]]);
-        if let Some(acc) = acc.get_mut(g) {
-            *acc = tiled_step(*acc, s1, w.d, Some((w.ndmin, reduce4(s2))), d8);
+        if let Some(o) = sums.get_mut(g) {
+            *o = [s1, reduce4(s2)];
         }
     }
+}
+
+/// The float steps of one Q4_K/Q5_K super-block for a group of four tokens (Q8_K blocks
+/// at `y`), from its integer sums `[s1, s2]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_step(w: &K4Prep, acc: Acc512, sums: [__m512i; 2], y: &[*const u8; 4]) -> Acc512 {
+    // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+    let d8 = unsafe { d8_lanes(y) };
+    tiled_step(acc, sums[0], w.d, Some((w.ndmin, sums[1])), d8)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -693,9 +715,11 @@ unsafe fn k4_panel_512<const Q5: bool, const G: usize>(p: &Panel, out: &mut [f32
         out,
         k4_prep::<Q5>,
         k4_group,
+        k4_step,
         G,
         4,
         [_mm512_setzero_pd(); 2],
+        _mm512_setzero_si512(),
         lanes_512
     );
 }
@@ -786,7 +810,7 @@ unsafe fn q6_prep(x: &[*const u8; 4]) -> Q6Prep {
 /// Adds one Q6_K super-block for four tokens (Q8_K blocks at `y`) to `acc`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-unsafe fn q6_group<const G: usize>(w: &Q6Prep, y: &[*const u8; MAXT], acc: &mut [Acc512]) {
+unsafe fn q6_group<const G: usize>(w: &Q6Prep, y: &[*const u8; MAXT], sums: &mut [[__m512i; 2]]) {
     let zero = _mm512_setzero_si512();
     let n = 4 * G;
     let mut s1 = [zero; MAXT];
@@ -820,14 +844,20 @@ unsafe fn q6_group<const G: usize>(w: &Q6Prep, y: &[*const u8; MAXT], acc: &mut 
         }
     }
     for g in 0..G {
-        let ys = [y[4 * g], y[4 * g + 1], y[4 * g + 2], y[4 * g + 3]];
-        // SAFETY: as above.
-        let d8 = unsafe { d8_lanes(&ys) };
         let s1 = reduce4([s1[4 * g], s1[4 * g + 1], s1[4 * g + 2], s1[4 * g + 3]]);
-        if let Some(acc) = acc.get_mut(g) {
-            *acc = tiled_step(*acc, s1, w.d, None, d8);
+        if let Some(o) = sums.get_mut(g) {
+            *o = [s1, zero];
         }
     }
+}
+
+/// The float steps of one Q6_K super-block for a group of four tokens (see [`k4_step`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_step(w: &Q6Prep, acc: Acc512, sums: [__m512i; 2], y: &[*const u8; 4]) -> Acc512 {
+    // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+    let d8 = unsafe { d8_lanes(y) };
+    tiled_step(acc, sums[0], w.d, None, d8)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -838,9 +868,11 @@ unsafe fn q6_panel_512<const G: usize>(p: &Panel, out: &mut [f32]) {
         out,
         q6_prep,
         q6_group,
+        q6_step,
         G,
         4,
         [_mm512_setzero_pd(); 2],
+        _mm512_setzero_si512(),
         lanes_512
     );
 }
@@ -1059,7 +1091,11 @@ unsafe fn k4_prep_2<const Q5: bool>(x: &[*const u8; 2]) -> K4Prep2 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn k4_group_2<const G: usize>(w: &K4Prep2, y: &[*const u8; MAXT], acc: &mut [__m256]) {
+unsafe fn k4_group_2<const G: usize>(
+    w: &K4Prep2,
+    y: &[*const u8; MAXT],
+    sums: &mut [[__m256i; 2]],
+) {
     let zero = _mm256_setzero_si256();
     let n = 4 * G;
     let mut s1 = [zero; MAXT];
@@ -1096,14 +1132,20 @@ unsafe fn k4_group_2<const G: usize>(w: &K4Prep2, y: &[*const u8; MAXT], acc: &m
                 _mm256_madd_epi16(w.mn[1], b1),
             );
         }
-        let ys = [y[4 * g], y[4 * g + 1], y[4 * g + 2], y[4 * g + 3]];
-        // SAFETY: as above.
-        let d8 = unsafe { d8_lanes_2(&ys) };
         let s1 = reduce4_2([s1[4 * g], s1[4 * g + 1], s1[4 * g + 2], s1[4 * g + 3]]);
-        if let Some(acc) = acc.get_mut(g) {
-            *acc = tiled_step_2(*acc, s1, w.d, Some((w.ndmin, reduce4_2(s2))), d8);
+        if let Some(o) = sums.get_mut(g) {
+            *o = [s1, reduce4_2(s2)];
         }
     }
+}
+
+/// [`k4_step`] for a row pair.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k4_step_2(w: &K4Prep2, acc: __m256, sums: [__m256i; 2], y: &[*const u8; 4]) -> __m256 {
+    // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+    let d8 = unsafe { d8_lanes_2(y) };
+    tiled_step_2(acc, sums[0], w.d, Some((w.ndmin, sums[1])), d8)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1115,9 +1157,11 @@ unsafe fn k4_panel_avx2<const Q5: bool>(p: &Panel, out: &mut [f32]) {
         out,
         k4_prep_2::<Q5>,
         k4_group_2,
+        k4_step_2,
         2,
         2,
         _mm256_setzero_ps(),
+        _mm256_setzero_si256(),
         lanes_256
     );
 }
@@ -1186,7 +1230,11 @@ unsafe fn q6_prep_2(x: &[*const u8; 2]) -> Q6Prep2 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn q6_group_2<const G: usize>(w: &Q6Prep2, y: &[*const u8; MAXT], acc: &mut [__m256]) {
+unsafe fn q6_group_2<const G: usize>(
+    w: &Q6Prep2,
+    y: &[*const u8; MAXT],
+    sums: &mut [[__m256i; 2]],
+) {
     let zero = _mm256_setzero_si256();
     let n = 4 * G;
     let mut s1 = [zero; MAXT];
@@ -1214,14 +1262,20 @@ unsafe fn q6_group_2<const G: usize>(w: &Q6Prep2, y: &[*const u8; MAXT], acc: &m
         }
     }
     for g in 0..G {
-        let ys = [y[4 * g], y[4 * g + 1], y[4 * g + 2], y[4 * g + 3]];
-        // SAFETY: as above.
-        let d8 = unsafe { d8_lanes_2(&ys) };
         let s1 = reduce4_2([s1[4 * g], s1[4 * g + 1], s1[4 * g + 2], s1[4 * g + 3]]);
-        if let Some(acc) = acc.get_mut(g) {
-            *acc = tiled_step_2(*acc, s1, w.d, None, d8);
+        if let Some(o) = sums.get_mut(g) {
+            *o = [s1, zero];
         }
     }
+}
+
+/// [`q6_step`] for a row pair.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_step_2(w: &Q6Prep2, acc: __m256, sums: [__m256i; 2], y: &[*const u8; 4]) -> __m256 {
+    // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+    let d8 = unsafe { d8_lanes_2(y) };
+    tiled_step_2(acc, sums[0], w.d, None, d8)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1232,9 +1286,11 @@ unsafe fn q6_panel_avx2(p: &Panel, out: &mut [f32]) {
         out,
         q6_prep_2,
         q6_group_2,
+        q6_step_2,
         2,
         2,
         _mm256_setzero_ps(),
+        _mm256_setzero_si256(),
         lanes_256
     );
 }
