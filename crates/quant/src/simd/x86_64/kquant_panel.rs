@@ -18,6 +18,7 @@
 //! register, `maddubs` + `madd` in place of the VNNI instructions.
 
 use core::arch::x86_64::*;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::kquants::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES};
 use crate::GgmlType;
@@ -84,6 +85,8 @@ fn shape(
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Isa {
     Avx512,
+    /// AVX2 with AVX-VNNI.
+    AvxVnni,
     Avx2,
 }
 
@@ -91,11 +94,37 @@ pub(super) enum Isa {
 fn best_isa() -> Option<Isa> {
     if super::avx512_available() {
         Some(Isa::Avx512)
+    } else if avx_vnni_available() {
+        Some(Isa::AvxVnni)
     } else if super::available() {
         Some(Isa::Avx2)
     } else {
         None
     }
+}
+
+/// Cached result of [`probe_avx_vnni`].
+static AVX_VNNI: AtomicU8 = AtomicU8::new(0);
+
+/// Whether, on top of [`super::available`] (AVX2, FMA, F16C, YMM state), the CPU has
+/// AVX-VNNI (the VEX-encoded `vpdpbusd`/`vpdpwssd` on YMM registers, which need no
+/// AVX-512 state: also usable where the OS, like the bare-metal kernel, leaves it off).
+fn avx_vnni_available() -> bool {
+    match AVX_VNNI.load(Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => {
+            let ok = super::available() && probe_avx_vnni();
+            AVX_VNNI.store(if ok { 2 } else { 1 }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+fn probe_avx_vnni() -> bool {
+    // `available()` has checked that leaf 7 exists; sub-leaf 1 exists when sub-leaf 0's
+    // EAX (the highest sub-leaf) is at least 1. CPUID.(7, 1):EAX bit 4 is AVX-VNNI.
+    __cpuid_count(7, 0).eax >= 1 && (__cpuid_count(7, 1).eax >> 4) & 1 == 1
 }
 
 /// The kind of K-quant weight block.
@@ -171,6 +200,17 @@ pub(super) fn run(
                     Kind::Q4K => k4_panel_512::<false, GROUPS_512>(&p, out),
                     Kind::Q5K => k4_panel_512::<true, GROUPS_512>(&p, out),
                     Kind::Q6K => q6_panel_512::<GROUPS_512>(&p, out),
+                }
+            }
+        }
+        Some(Isa::AvxVnni) if avx_vnni_available() => {
+            // SAFETY: `avx_vnni_available()` confirmed AVX2, FMA, F16C, AVX-VNNI and YMM
+            // state support; the buffers are as for the AVX-512 kernels above.
+            unsafe {
+                match kind {
+                    Kind::Q4K => k4_panel_vnni::<false>(&p, out),
+                    Kind::Q5K => k4_panel_vnni::<true>(&p, out),
+                    Kind::Q6K => q6_panel_vnni(&p, out),
                 }
             }
         }
@@ -1295,6 +1335,155 @@ unsafe fn q6_panel_avx2(p: &Panel, out: &mut [f32]) {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// AVX2 with AVX-VNNI: the AVX-512 scheme on YMM registers (two rows per register), with
+// the AVX2 kernels' unpacking and float steps.
+
+/// The scales of sub-blocks `s` and `u` in the low and high four i16 of each row's lane
+/// (from the broadcast scales of [`K4Prep2`] or [`Q6Prep2`]): the weights `vpdpwssd`
+/// applies to `packs_epi32(a, b)` (see [`pick_pair`]).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[inline]
+fn pair_2(sc_s: __m256i, sc_u: __m256i) -> __m256i {
+    _mm256_blend_epi16::<0xF0>(sc_s, sc_u)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[inline]
+unsafe fn k4_group_vnni<const G: usize>(
+    w: &K4Prep2,
+    y: &[*const u8; MAXT],
+    sums: &mut [[__m256i; 2]],
+) {
+    let zero = _mm256_setzero_si256();
+    let n = 4 * G;
+    let mut s1 = [zero; MAXT];
+    for q in 0..4 {
+        let sc = pair_2(w.sc[2 * q], w.sc[2 * q + 1]);
+        for t in 0..n {
+            // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+            let yv = unsafe {
+                let yq = y[t].add(Q8K_QS + 64 * q);
+                [
+                    bcast128_2(yq),
+                    bcast128_2(yq.add(16)),
+                    bcast128_2(yq.add(32)),
+                    bcast128_2(yq.add(48)),
+                ]
+            };
+            let lo = _mm256_dpbusd_avx_epi32(
+                _mm256_dpbusd_avx_epi32(zero, w.l[4 * q], yv[0]),
+                w.l[4 * q + 1],
+                yv[1],
+            );
+            let hi = _mm256_dpbusd_avx_epi32(
+                _mm256_dpbusd_avx_epi32(zero, w.l[4 * q + 2], yv[2]),
+                w.l[4 * q + 3],
+                yv[3],
+            );
+            // As in `k4_group`: each lane below 2^15 in magnitude, so packing is exact.
+            s1[t] = _mm256_dpwssd_avx_epi32(s1[t], _mm256_packs_epi32(lo, hi), sc);
+        }
+    }
+    for g in 0..G {
+        let mut s2 = [zero; 4];
+        for (i, s2) in s2.iter_mut().enumerate() {
+            // SAFETY: as above; the sixteen group sums are at `Q8K_BSUMS`.
+            let (b0, b1) = unsafe {
+                let yq = y[4 * g + i];
+                (
+                    bcast128_2(yq.add(Q8K_BSUMS)),
+                    bcast128_2(yq.add(Q8K_BSUMS + 16)),
+                )
+            };
+            *s2 = _mm256_dpwssd_avx_epi32(_mm256_dpwssd_avx_epi32(zero, w.mn[0], b0), w.mn[1], b1);
+        }
+        let s1 = reduce4_2([s1[4 * g], s1[4 * g + 1], s1[4 * g + 2], s1[4 * g + 3]]);
+        if let Some(o) = sums.get_mut(g) {
+            *o = [s1, reduce4_2(s2)];
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn k4_panel_vnni<const Q5: bool>(p: &Panel, out: &mut [f32]) {
+    let block = if Q5 { Q5_K_BYTES } else { Q4_K_BYTES };
+    walk!(
+        p,
+        block,
+        out,
+        k4_prep_2::<Q5>,
+        k4_group_vnni,
+        k4_step_2,
+        2,
+        2,
+        _mm256_setzero_ps(),
+        _mm256_setzero_si256(),
+        lanes_256
+    );
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[inline]
+unsafe fn q6_group_vnni<const G: usize>(
+    w: &Q6Prep2,
+    y: &[*const u8; MAXT],
+    sums: &mut [[__m256i; 2]],
+) {
+    let zero = _mm256_setzero_si256();
+    let n = 4 * G;
+    let mut s1 = [zero; MAXT];
+    for (t, s1) in s1.iter_mut().enumerate().take(n) {
+        // SAFETY: the caller guarantees whole Q8_K blocks at `y[t]`.
+        let (b0, b1) = unsafe {
+            (
+                bcast128_2(y[t].add(Q8K_BSUMS)),
+                bcast128_2(y[t].add(Q8K_BSUMS + 16)),
+            )
+        };
+        *s1 = _mm256_dpwssd_avx_epi32(_mm256_dpwssd_avx_epi32(zero, w.nsc[0], b0), w.nsc[1], b1);
+    }
+    for k in 0..8 {
+        let sc = pair_2(w.sc[2 * k], w.sc[2 * k + 1]);
+        for t in 0..n {
+            // SAFETY: as above.
+            let (y0, y1) = unsafe {
+                let yq = y[t].add(Q8K_QS + 32 * k);
+                (bcast128_2(yq), bcast128_2(yq.add(16)))
+            };
+            // As in `q6_group`: each lane below 2^15 in magnitude.
+            let p = _mm256_packs_epi32(
+                _mm256_dpbusd_avx_epi32(zero, w.l[2 * k], y0),
+                _mm256_dpbusd_avx_epi32(zero, w.l[2 * k + 1], y1),
+            );
+            s1[t] = _mm256_dpwssd_avx_epi32(s1[t], p, sc);
+        }
+    }
+    for g in 0..G {
+        let s1 = reduce4_2([s1[4 * g], s1[4 * g + 1], s1[4 * g + 2], s1[4 * g + 3]]);
+        if let Some(o) = sums.get_mut(g) {
+            *o = [s1, zero];
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn q6_panel_vnni(p: &Panel, out: &mut [f32]) {
+    walk!(
+        p,
+        Q6_K_BYTES,
+        out,
+        q6_prep_2,
+        q6_group_vnni,
+        q6_step_2,
+        2,
+        2,
+        _mm256_setzero_ps(),
+        _mm256_setzero_si256(),
+        lanes_256
+    );
+}
+
 #[cfg(test)]
 mod tests {
     //! Each panel variant against a scalar twin of the tiled order, bit for bit, on
@@ -1360,7 +1549,7 @@ mod tests {
 
     /// Every instruction set this machine has (the test fails on one without AVX-512,
     /// rather than passing without testing it: the reference machine has it).
-    fn isas() -> [Isa; 2] {
+    fn isas() -> [Isa; 3] {
         assert!(
             super::super::available(),
             "these tests need an AVX2+FMA+F16C CPU"
@@ -1369,7 +1558,11 @@ mod tests {
             super::super::avx512_available(),
             "these tests need an AVX-512 F/BW/VL/VNNI CPU to test the AVX-512 panels"
         );
-        [Isa::Avx512, Isa::Avx2]
+        assert!(
+            avx_vnni_available(),
+            "these tests need an AVX-VNNI CPU to test the AVX-VNNI panels"
+        );
+        [Isa::Avx512, Isa::AvxVnni, Isa::Avx2]
     }
 
     /// A finite f16 (often small or large), as bytes.
@@ -1638,7 +1831,7 @@ mod tests {
             let mut out = vec![0.0f32; rows * tokens];
             // The scheduler's count may advance in whole ticks: time `REPS` calls.
             const REPS: u64 = 12;
-            let mut best = [u64::MAX; 5];
+            let mut best = [u64::MAX; 6];
             for _ in 0..5 {
                 let p = Panel {
                     w: w.as_ptr(),
@@ -1666,7 +1859,7 @@ mod tests {
                     }
                     best[i] = best[i].min((cpu_ns() - t0) / REPS);
                 }
-                for (i, isa) in [Isa::Avx512, Isa::Avx2].into_iter().enumerate() {
+                for (i, isa) in [(0, Isa::Avx512), (1, Isa::Avx2), (5, Isa::AvxVnni)] {
                     let t0 = cpu_ns();
                     for _ in 0..REPS {
                         run(kind, Some(isa), &w, rb, &a, ab, tokens, &mut out);
@@ -1694,10 +1887,11 @@ mod tests {
             }
             let ms = |ns: u64| ns as f64 / 1e6;
             std::println!(
-                "{kind:?}: avx512 panel {:.2} ms (4 tokens per call {:.2}, 16 {:.2}), avx2 panel {:.2} ms, avx2 tiles {:.2} ms",
+                "{kind:?}: avx512 panel {:.2} ms (4 tokens per call {:.2}, 16 {:.2}), avx-vnni panel {:.2} ms, avx2 panel {:.2} ms, avx2 tiles {:.2} ms",
                 ms(best[0]),
                 ms(best[3]),
                 ms(best[4]),
+                ms(best[5]),
                 ms(best[1]),
                 ms(best[2])
             );
