@@ -260,7 +260,7 @@ pub fn tile_kernel(ty: GgmlType) -> Option<VecDotTileFn> {
 
 /// The panel kernel of `ty` ([`PanelFn`]) while the SIMD set is active: Q4_K, Q5_K and
 /// Q6_K in the tiled order of [`tiled_kernels`] (AVX-512 VNNI where available, else
-/// AVX2); `None` otherwise. (Temporary hookup of branch wt-kpanel; the shared
+/// AVX-VNNI or AVX2); `None` otherwise. (Temporary hookup of branch wt-kpanel; the shared
 /// dispatcher replaces it at merge.)
 pub fn panel_kernel(ty: GgmlType) -> Option<PanelFn> {
     simd::panel(ty)

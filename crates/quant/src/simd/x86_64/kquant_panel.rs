@@ -13,9 +13,14 @@
 //! 128-bit lane: sixteen bytes of each of four rows fill one register and meet the same
 //! sixteen activation bytes (broadcast to all four lanes) in `vpdpbusd`, so a row's sums
 //! stay in its own lane and only four lanes per row are left to add up per super-block.
-//! The weights of a super-block are unpacked once per row quad and reused for up to
-//! [`CHUNK`] tokens. Without AVX-512 the AVX2 kernels do the same with two rows per
-//! register, `maddubs` + `madd` in place of the VNNI instructions.
+//! Two sub-blocks' sums (each below 2^15 in magnitude) are packed to i16 and weighted by
+//! their scales in one `vpdpwssd`. The weights of a super-block are unpacked once per row
+//! quad and reused for up to [`CHUNK`] tokens, eight tokens per pass over the levels; the
+//! float steps of a block run after the integer sums of all its token groups.
+//!
+//! Without AVX-512 (or where the OS leaves its state off, as the bare-metal kernel does)
+//! the same scheme runs on YMM registers, two rows per register: with AVX-VNNI's
+//! `vpdpbusd`/`vpdpwssd` where the CPU has them, else with AVX2's `maddubs` + `madd`.
 
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -23,8 +28,8 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use crate::kquants::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES};
 use crate::GgmlType;
 
-/// The panel kernel of `ty` (AVX-512 where [`super::avx512_available`], else AVX2), where
-/// there is one. Callers check [`super::available`] first.
+/// The panel kernel of `ty` (AVX-512 where [`super::avx512_available`], else AVX-VNNI or
+/// AVX2, chosen per call), where there is one. Callers check [`super::available`] first.
 pub(super) fn panel(ty: GgmlType) -> Option<crate::PanelFn> {
     match ty {
         GgmlType::Q4_K => Some(panel_q4_k),
@@ -44,7 +49,8 @@ const MAXT: usize = 16;
 const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
 
-/// Most tokens whose accumulators one pass over a row quad keeps (on the stack); the
+/// Most tokens whose accumulators one pass over a row quad keeps (on the stack: about
+/// 6 KiB with the unpacked block and the integer sums on AVX-512, 3 KiB on AVX2); the
 /// unpacked weights of each super-block are reused for all of them.
 const CHUNK: usize = 64;
 
