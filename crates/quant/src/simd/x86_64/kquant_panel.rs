@@ -988,7 +988,7 @@ fn reduce4_2(v: [__m256i; 4]) -> __m256i {
     )
 }
 
-/// [`fma_f64`] for eight lanes.
+/// `a · b + c` for eight lanes, rounded once from f64 to f32 (see [`tiled_step`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn fma_f64_2(a: __m256, b: __m256, c: __m256) -> __m256 {
