@@ -18,8 +18,7 @@
 //! quad and reused for up to [`CHUNK`] tokens, eight tokens per pass over the levels; the
 //! float steps of a block run after the integer sums of all its token groups.
 //!
-//! Without AVX-512 (or where the OS leaves its state off, as the bare-metal kernel does)
-//! the same scheme runs on YMM registers, two rows per register: with AVX-VNNI's
+//! Without AVX-512 (or where the OS leaves its register state off) the same scheme runs on YMM registers, two rows per register: with AVX-VNNI's
 //! `vpdpbusd`/`vpdpwssd` where the CPU has them, else with AVX2's `maddubs` + `madd`.
 
 use core::arch::x86_64::*;
@@ -122,7 +121,7 @@ static AVX_VNNI: AtomicU8 = AtomicU8::new(0);
 
 /// Whether, on top of [`super::available`] (AVX2, FMA, F16C, YMM state), the CPU has
 /// AVX-VNNI (the VEX-encoded `vpdpbusd`/`vpdpwssd` on YMM registers, which need no
-/// AVX-512 state: also usable where the OS, like the bare-metal kernel, leaves it off).
+/// AVX-512 state: also usable where the OS leaves that off).
 fn avx_vnni_available() -> bool {
     match AVX_VNNI.load(Ordering::Relaxed) {
         2 => true,
