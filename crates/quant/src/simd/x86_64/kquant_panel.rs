@@ -18,8 +18,9 @@
 //! quad and reused for up to [`CHUNK`] tokens, eight tokens per pass over the levels; the
 //! float steps of a block run after the integer sums of all its token groups.
 //!
-//! Without AVX-512 (or where the OS leaves its register state off) the same scheme runs on YMM registers, two rows per register: with AVX-VNNI's
-//! `vpdpbusd`/`vpdpwssd` where the CPU has them, else with AVX2's `maddubs` + `madd`.
+//! Without AVX-512 (or where the OS leaves its register state off) the same scheme runs
+//! on YMM registers, two rows per register: with AVX-VNNI's `vpdpbusd`/`vpdpwssd` where
+//! the CPU has them, else with AVX2's `maddubs` + `madd`.
 
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
