@@ -801,7 +801,13 @@ fn test_shell(iso: &Path) -> Result<Duration, String> {
             (b"version\n", &["EMBODIOS kernel", "embodios> "]),
             (
                 b"cpu\r\n",
-                &["cores: 2 online of 2", "AVX2: on", "AVX-512: ", "TSC:", "embodios> "],
+                &[
+                    "cores: 2 online of 2",
+                    "AVX2: on",
+                    "AVX-512: ",
+                    "TSC:",
+                    "embodios> ",
+                ],
             ),
             (b"mem\r", &["usable RAM:", "heap:", "embodios> "]),
             (b"uptime\r", &["up ", "embodios> "]),

@@ -422,12 +422,15 @@ pub fn lane_rows4(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::VecDo
 /// A panel kernel (a chunk of weight rows against all tokens of a batch per call) with
 /// the same bits as the single-row kernel [`lane_dot`] (or the kernel table) hands out
 /// for `ty`, if one exists: the legacy block formats, whose quantised kernels are the
-/// same in every order, while `embodios-quant`'s SIMD set (the one `lane_dot` then uses)
-/// is active.
+/// same in every order, and the K-quants in the tiled order, while `embodios-quant`'s
+/// SIMD set (the one `lane_dot` then uses) is active.
 pub fn lane_panel(ty: GgmlType, order: DotOrder) -> Option<embodios_quant::PanelFn> {
-    let _ = order;
-    match ty {
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+    match (ty, order) {
+        (GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0, _) => {
+            embodios_quant::panel_kernel(ty)
+        }
+        // The K-quant panels compute the tiled order only (batches of eight or more).
+        (GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K, DotOrder::Tiled) => {
             embodios_quant::panel_kernel(ty)
         }
         _ => None,

@@ -497,9 +497,13 @@ mod tests {
             // Two-row tiles: an odd row count, tokens beyond the last four.
             (GgmlType::Q4_K, [33, 8, 5], 14),
             (GgmlType::Q4_K, [6, 3, 2], 8),
+            // K-quant panels (wt-kpanel hookup): remainders of rows and tokens.
+            (GgmlType::Q5_K, [9, 4, 7], 9),
+            (GgmlType::Q6_K, [33, 8, 5], 14),
+            (GgmlType::Q4_K, [70, 13, 1], 17),
         ] {
             // K-quant rows are whole 256-element super-blocks.
-            let cols = if ty == GgmlType::Q4_K { 512 } else { 64 };
+            let cols = if ty.block_elems() == 256 { 512 } else { 64 };
             let act_ty = kernels::act_type(ty).unwrap();
             let ws: Vec<Vec<u8>> = rows
                 .iter()

@@ -275,8 +275,10 @@ pub fn vec_dot_rows4(ty: GgmlType) -> Option<VecDotRows4Fn> {
 /// The panel kernel of `ty` ([`PanelFn`]: a run of weight rows against a run of
 /// tokens in register tiles) while the SIMD set is active and has one: the legacy block
 /// formats Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, with AVX-512 F/BW/VL/VNNI where the CPU and
-/// OS support it (see [`active_panel_set`]), else AVX2. `None` otherwise, and under
-/// [`force_scalar`]. Each result has the bits of the type's single-row SIMD kernel.
+/// OS support it (see [`active_panel_set`]), else AVX2; and Q4_K, Q5_K and Q6_K in the
+/// tiled order of [`tiled_kernels`] (AVX-512 VNNI, else AVX-VNNI, else AVX2). `None`
+/// otherwise, and under [`force_scalar`]. Each result has the bits of the type's
+/// single-row SIMD kernel (the tiled-order one for the K-quants).
 pub fn panel_kernel(ty: GgmlType) -> Option<PanelFn> {
     simd::panel(ty)
 }

@@ -15,6 +15,7 @@ use crate::{GgmlType, Kernels, QuantizeFn};
 mod act_quant;
 mod float_dot;
 mod kquant_dot;
+mod kquant_panel;
 mod legacy_dot;
 mod legacy_panel;
 
@@ -194,7 +195,8 @@ pub(super) fn panel(ty: GgmlType) -> Option<crate::PanelFn> {
                 legacy_panel::panel256(ty)
             }
         }
-        _ => None,
+        // Q4_K, Q5_K, Q6_K (tiled order); the module picks AVX-512, AVX-VNNI or AVX2.
+        _ => kquant_panel::panel(ty),
     }
 }
 
