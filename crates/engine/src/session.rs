@@ -22,6 +22,9 @@ use crate::parallel::Parallel;
 /// Activation buffers: the most distinct formats one input feeds (Q, K, V).
 const ACT_SLOTS: usize = 3;
 
+/// Below this many elements the feed-forward's activation step stays on one thread.
+const ACTIVATION_PARALLEL_MIN: usize = 4096;
+
 /// llama.cpp's default micro-batch size (`n_ubatch`).
 pub(crate) const UBATCH: usize = 512;
 
@@ -1006,13 +1009,26 @@ impl Model<'_> {
                 )?;
                 add_bias(gate_out, gate);
                 add_bias(up_out, &layer.w_up);
-                if self.shape.ffn == FfnKind::SwiGlu {
-                    crate::simd::silu_mul(gate_out, up_out, crate::simd::avx2_available());
-                } else {
-                    for (g, &u) in gate_out.iter_mut().zip(up_out.iter()) {
-                        *g = ops::gelu_fast(*g) * u;
-                    }
-                }
+                // Element-wise, so cut over the workers for a batch (one token's worth
+                // is too little to share).
+                let avx2 = crate::simd::avx2_available();
+                let swiglu = self.shape.ffn == FfnKind::SwiGlu;
+                crate::parallel::zip_chunks(
+                    par,
+                    gate_out,
+                    up_out,
+                    64,
+                    ACTIVATION_PARALLEL_MIN,
+                    &|g, u| {
+                        if swiglu {
+                            crate::simd::silu_mul(g, u, avx2);
+                        } else {
+                            for (g, &u) in g.iter_mut().zip(u) {
+                                *g = ops::gelu_fast(*g) * u;
+                            }
+                        }
+                    },
+                );
             }
             _ => {
                 let (au, nu) = ensure_act(&mut s.act, &mut s.act_ty, &layer.w_up.w, xn, b)?;
