@@ -32,7 +32,7 @@
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
-use super::{hsum_ps, legacy_dot, prefetch_ahead};
+use super::{hsum_ps, legacy_dot, prefetch_ahead, prefetch_far};
 use crate::legacy::{Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES, Q8_1_BYTES};
 use crate::GgmlType;
 
@@ -991,8 +991,8 @@ unsafe fn rows4_kernel512<const K: u8>(w: [*const u8; 4], a: *const u8, blocks: 
                 rd32(x[3]),
             ));
             for (j, acc) in acc.iter_mut().enumerate() {
-                prefetch_ahead(x[2 * j], 64);
-                prefetch_ahead(x[2 * j + 1], 64);
+                prefetch_far(x[2 * j], 64);
+                prefetch_far(x[2 * j + 1], 64);
                 let u = levels_two512::<K>(x[2 * j], x[2 * j + 1]);
                 let hj = if j == 0 {
                     _mm256_castps256_ps128(h)
