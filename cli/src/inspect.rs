@@ -154,8 +154,10 @@ pub fn cpu_report() -> String {
         out,
         "panel kernels: {}",
         match embodios_quant::active_panel_set() {
-            "avx512-vnni" => "avx512-vnni (batched Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 products)",
-            "avx2" => "avx2 (batched Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 products)",
+            "avx512-vnni" => {
+                "avx512-vnni (batched Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and Q4_K/Q5_K/Q6_K products)"
+            }
+            "avx2" => "avx2 (batched Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and Q4_K/Q5_K/Q6_K products)",
             other => other,
         }
     );

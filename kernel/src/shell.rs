@@ -650,6 +650,11 @@ fn cpu_info() {
     }
     println!("features: {}", feats.join(" "));
     println!("AVX2: {}", if simd::has_avx2() { "on" } else { "off" });
+    println!(
+        "engine kernels: {}, panel kernels: {}",
+        embodios_quant::active_kernel_set(),
+        embodios_quant::active_panel_set()
+    );
     match interrupts::avx512_state_bytes() {
         Some(n) => println!(
             "AVX-512: on (XSAVE state {n} of {} bytes saved per interrupt)",
