@@ -23,8 +23,8 @@
 //! the CPU has them, else with AVX2's `maddubs` + `madd`.
 
 use core::arch::x86_64::*;
-use core::sync::atomic::{AtomicU8, Ordering};
 
+use super::{ld128, ld256};
 use crate::kquants::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_K_BYTES};
 use crate::GgmlType;
 
@@ -108,37 +108,13 @@ pub(super) enum Isa {
 fn best_isa() -> Option<Isa> {
     if super::avx512_available() {
         Some(Isa::Avx512)
-    } else if avx_vnni_available() {
+    } else if super::avx_vnni_available() {
         Some(Isa::AvxVnni)
     } else if super::available() {
         Some(Isa::Avx2)
     } else {
         None
     }
-}
-
-/// Cached result of [`probe_avx_vnni`].
-static AVX_VNNI: AtomicU8 = AtomicU8::new(0);
-
-/// Whether, on top of [`super::available`] (AVX2, FMA, F16C, YMM state), the CPU has
-/// AVX-VNNI (the VEX-encoded `vpdpbusd`/`vpdpwssd` on YMM registers, which need no
-/// AVX-512 state: also usable where the OS leaves that off).
-fn avx_vnni_available() -> bool {
-    match AVX_VNNI.load(Ordering::Relaxed) {
-        2 => true,
-        1 => false,
-        _ => {
-            let ok = super::available() && probe_avx_vnni();
-            AVX_VNNI.store(if ok { 2 } else { 1 }, Ordering::Relaxed);
-            ok
-        }
-    }
-}
-
-fn probe_avx_vnni() -> bool {
-    // `available()` has checked that leaf 7 exists; sub-leaf 1 exists when sub-leaf 0's
-    // EAX (the highest sub-leaf) is at least 1. CPUID.(7, 1):EAX bit 4 is AVX-VNNI.
-    __cpuid_count(7, 0).eax >= 1 && (__cpuid_count(7, 1).eax >> 4) & 1 == 1
 }
 
 /// The kind of K-quant weight block.
@@ -217,8 +193,8 @@ pub(super) fn run(
                 }
             }
         }
-        Some(Isa::AvxVnni) if avx_vnni_available() => {
-            // SAFETY: `avx_vnni_available()` confirmed AVX2, FMA, F16C, AVX-VNNI and YMM
+        Some(Isa::AvxVnni) if super::avx_vnni_available() => {
+            // SAFETY: `super::avx_vnni_available()` confirmed AVX2, FMA, F16C, AVX-VNNI and YMM
             // state support; the buffers are as for the AVX-512 kernels above.
             unsafe {
                 match kind {
@@ -258,22 +234,6 @@ struct Panel {
 // AVX-512 helpers. Lane layout: 128-bit lane `r` of a register belongs to weight row `r`
 // of the quad; after the reduction, f32 lane `4r + t` holds row `r`, token `t` of a group
 // of four tokens.
-
-/// Loads 16 bytes at `p`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-unsafe fn ld128(p: *const u8) -> __m128i {
-    // SAFETY: the caller guarantees 16 readable bytes at `p`; `loadu` is unaligned.
-    unsafe { _mm_loadu_si128(p.cast()) }
-}
-
-/// Loads 32 bytes at `p`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-unsafe fn ld256(p: *const u8) -> __m256i {
-    // SAFETY: the caller guarantees 32 readable bytes at `p`; `loadu` is unaligned.
-    unsafe { _mm256_loadu_si256(p.cast()) }
-}
 
 /// The 16 bytes at `p` in all four 128-bit lanes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -449,20 +409,6 @@ fn negate(v: __m512) -> __m512 {
     ))
 }
 
-/// Prefetches the cache lines of `len` bytes from `p` into L2 and L1. Only a hint: an
-/// address past the weights is never read.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn prefetch(p: *const u8, len: usize) {
-    let mut off = 0;
-    while off < len {
-        // A prefetch never faults and reads nothing architecturally; `wrapping_add`
-        // keeps the address computation itself sound.
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
-        off += 64;
-    }
-}
-
 /// The sixteen lanes of `v`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
@@ -528,7 +474,7 @@ macro_rules! walk {
                         } else {
                             p.w.wrapping_add((r0 + $rows + i) * p.rb)
                         };
-                        prefetch(next, $block);
+                        super::prefetch_lines::<_MM_HINT_T0>(next, $block);
                     }
                     // `4 · $groups` tokens per call while that many groups remain,
                     // then four at a time.
@@ -938,20 +884,12 @@ unsafe fn q6_panel_512<const G: usize>(p: &Panel, out: &mut [f32]) {
 // and `maddubs` + `madd` in place of the VNNI instructions; after the reduction, f32 lane
 // `4r + t` holds row `r`, token `t` of a group of four tokens.
 
-/// Loads 16 bytes at `p` (AVX2 context).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn ld128_2(p: *const u8) -> __m128i {
-    // SAFETY: the caller guarantees 16 readable bytes at `p`; `loadu` is unaligned.
-    unsafe { _mm_loadu_si128(p.cast()) }
-}
-
 /// The 16 bytes at `p` in both 128-bit lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn bcast128_2(p: *const u8) -> __m256i {
     // SAFETY: forwarded to the caller.
-    _mm256_broadcastsi128_si256(unsafe { ld128_2(p) })
+    _mm256_broadcastsi128_si256(unsafe { ld128(p) })
 }
 
 /// Bytes `off..off + 16` and `off + 16..off + 32` of two rows: lane `r` of the first
@@ -1094,8 +1032,8 @@ unsafe fn k4_prep_2<const Q5: bool>(x: &[*const u8; 2]) -> K4Prep2 {
     // SAFETY: the arrays are 16 readable bytes each.
     let (sc16, mn16) = unsafe {
         (
-            _mm256_cvtepu8_epi16(ld128_2(scw.as_ptr().cast())),
-            _mm256_cvtepu8_epi16(ld128_2(mnw.as_ptr().cast())),
+            _mm256_cvtepu8_epi16(ld128(scw.as_ptr().cast())),
+            _mm256_cvtepu8_epi16(ld128(mnw.as_ptr().cast())),
         )
     };
     let sc = core::array::from_fn(|s| bcast_i16(sc16, s));
@@ -1239,7 +1177,7 @@ unsafe fn q6_prep_2(x: &[*const u8; 2]) -> Q6Prep2 {
     let (dh, raw) = unsafe {
         (
             x.map(|p| p.add(208).cast::<u16>().read_unaligned()),
-            _mm256_set_m128i(ld128_2(x[1].add(192)), ld128_2(x[0].add(192))),
+            _mm256_set_m128i(ld128(x[1].add(192)), ld128(x[0].add(192))),
         )
     };
     let dv = _mm_cvtph_ps(_mm_cvtsi32_si128(
@@ -1579,7 +1517,7 @@ mod tests {
                 "note: no AVX-512 F/BW/VL/VNNI here: the AVX-512 K-quant panels are not exercised"
             );
         }
-        if avx_vnni_available() {
+        if super::super::avx_vnni_available() {
             v.push(Isa::AvxVnni);
         } else {
             std::eprintln!("note: no AVX-VNNI here: the AVX-VNNI K-quant panels are not exercised");

@@ -32,7 +32,7 @@
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
-use super::{hsum_ps, legacy_dot, prefetch_ahead, prefetch_far};
+use super::{hsum_ps, ld256, legacy_dot, prefetch_ahead, prefetch_far};
 use crate::legacy::{Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES, Q8_1_BYTES};
 use crate::GgmlType;
 
@@ -399,17 +399,6 @@ fn widen<const R: usize, const P: usize>(r: [[[f32; 2]; P]; R]) -> [[f32; 2 * PA
         }
         o
     })
-}
-
-/// Loads 32 bytes from `p`.
-///
-/// # Safety
-/// `p..p + 32` is readable.
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn ld256(p: *const u8) -> __m256i {
-    // SAFETY: the caller guarantees 32 readable bytes; `loadu` has no alignment needs.
-    unsafe { _mm256_loadu_si256(p.cast()) }
 }
 
 /// Reads 4 bytes from `p` as a little-endian u32.

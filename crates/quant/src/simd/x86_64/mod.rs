@@ -25,22 +25,47 @@ const UNKNOWN: u8 = 0;
 const ABSENT: u8 = 1;
 const PRESENT: u8 = 2;
 
-/// Cached result of [`probe`].
+/// Cached results of [`probe`], [`probe_avx512`] and [`probe_avx_vnni`].
 static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+static STATE_512: AtomicU8 = AtomicU8::new(UNKNOWN);
+static STATE_VNNI: AtomicU8 = AtomicU8::new(UNKNOWN);
 
-/// Whether the CPU has AVX2, FMA and F16C and the OS saves YMM state. Probed once; a race
-/// between first callers only repeats the (idempotent) probe.
+/// `probe()`'s answer, computed once and kept in `state`; a race between first callers
+/// only repeats the (idempotent) probe.
 #[inline]
-pub(super) fn available() -> bool {
-    match STATE.load(Ordering::Relaxed) {
+fn cached(state: &AtomicU8, probe: fn() -> bool) -> bool {
+    match state.load(Ordering::Relaxed) {
         PRESENT => true,
         ABSENT => false,
         _ => {
             let ok = probe();
-            STATE.store(if ok { PRESENT } else { ABSENT }, Ordering::Relaxed);
+            state.store(if ok { PRESENT } else { ABSENT }, Ordering::Relaxed);
             ok
         }
     }
+}
+
+/// Whether the CPU has AVX2, FMA and F16C and the OS saves YMM state.
+#[inline]
+pub(super) fn available() -> bool {
+    cached(&STATE, probe)
+}
+
+/// Whether, on top of [`available`], the CPU has AVX-512 F, BW, VL and VNNI and the OS
+/// saves the AVX-512 state (opmask and all 512-bit registers). Kernels compiled for these
+/// features may be chosen only when this is true (the EMBODIOS kernel enables that state
+/// where the CPU has it; elsewhere this is false and the AVX2 set runs).
+#[inline]
+pub(super) fn avx512_available() -> bool {
+    cached(&STATE_512, || available() && probe_avx512())
+}
+
+/// Whether, on top of [`available`], the CPU has AVX-VNNI (the VEX-encoded
+/// `vpdpbusd`/`vpdpwssd` on YMM registers, which need no AVX-512 state: also usable where
+/// the OS leaves that off).
+#[inline]
+pub(super) fn avx_vnni_available() -> bool {
+    cached(&STATE_VNNI, || available() && probe_avx_vnni())
 }
 
 fn probe() -> bool {
@@ -69,26 +94,6 @@ fn probe() -> bool {
     bit(__cpuid_count(7, 0).ebx, 5)
 }
 
-/// Cached result of [`probe_avx512`].
-static STATE_512: AtomicU8 = AtomicU8::new(UNKNOWN);
-
-/// Whether, on top of [`available`], the CPU has AVX-512 F, BW, VL and VNNI and the OS
-/// saves the AVX-512 state (opmask and all 512-bit registers). Kernels compiled for these
-/// features may be chosen only when this is true; the bare-metal kernel leaves the
-/// AVX-512 state disabled in XCR0, so there this is false and the AVX2 set runs.
-#[inline]
-pub(super) fn avx512_available() -> bool {
-    match STATE_512.load(Ordering::Relaxed) {
-        PRESENT => true,
-        ABSENT => false,
-        _ => {
-            let ok = available() && probe_avx512();
-            STATE_512.store(if ok { PRESENT } else { ABSENT }, Ordering::Relaxed);
-            ok
-        }
-    }
-}
-
 fn probe_avx512() -> bool {
     let bit = |reg: u32, n: u32| (reg >> n) & 1 == 1;
     // `available()` has checked OSXSAVE and that leaf 7 exists.
@@ -101,6 +106,12 @@ fn probe_avx512() -> bool {
     let l7 = __cpuid_count(7, 0);
     // EBX 16: AVX512F, 30: AVX512BW, 31: AVX512VL; ECX 11: AVX512_VNNI.
     bit(l7.ebx, 16) && bit(l7.ebx, 30) && bit(l7.ebx, 31) && bit(l7.ecx, 11)
+}
+
+fn probe_avx_vnni() -> bool {
+    // `available()` has checked that leaf 7 exists; sub-leaf 1 exists when sub-leaf 0's
+    // EAX (the highest sub-leaf) is at least 1. CPUID.(7, 1):EAX bit 4 is AVX-VNNI.
+    __cpuid_count(7, 0).eax >= 1 && (__cpuid_count(7, 1).eax >> 4) & 1 == 1
 }
 
 /// Reads XCR0. Callers must have checked CPUID's OSXSAVE bit.
@@ -288,6 +299,28 @@ fn load128(b: &[u8; 16]) -> __m128i {
     unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
 }
 
+/// Loads 16 bytes at `p` (the panel kernels, which walk raw block pointers).
+///
+/// # Safety
+/// `p..p + 16` is readable.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn ld128(p: *const u8) -> __m128i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`; `loadu` is unaligned.
+    unsafe { _mm_loadu_si128(p.cast()) }
+}
+
+/// Loads 32 bytes at `p`.
+///
+/// # Safety
+/// `p..p + 32` is readable.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn ld256(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes at `p`; `loadu` is unaligned.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
 /// Widens one little-endian f16 exactly (F16C).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -329,18 +362,26 @@ fn lane1(v: __m128) -> f32 {
 /// no further gain at 4 KiB).
 const PREFETCH_AHEAD: usize = 2048;
 
-/// Prefetches the cache lines of the `len` bytes that start [`PREFETCH_AHEAD`] bytes
-/// after `p` into L1. Only a hint: an address past the end of the row is never read.
+/// Prefetches the cache lines of the `len` bytes from `p` into the cache level `HINT`
+/// names. Only a hint: an address past the end of the data is never read.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn prefetch_ahead(p: *const u8, len: usize) {
+fn prefetch_lines<const HINT: i32>(p: *const u8, len: usize) {
     let mut off = 0;
     while off < len {
         // A prefetch never faults and reads nothing architecturally, so any address is
         // allowed; `wrapping_add` keeps the address computation itself sound.
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + off).cast());
+        _mm_prefetch::<HINT>(p.wrapping_add(off).cast());
         off += 64;
     }
+}
+
+/// Prefetches the cache lines of the `len` bytes that start [`PREFETCH_AHEAD`] bytes
+/// after `p` into L1.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_ahead(p: *const u8, len: usize) {
+    prefetch_lines::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD), len);
 }
 
 /// How far ahead [`prefetch_far`] asks for the weight stream, in bytes.
@@ -355,12 +396,7 @@ const PREFETCH_FAR: usize = 8192;
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn prefetch_far(p: *const u8, len: usize) {
-    let mut off = 0;
-    while off < len {
-        // As in `prefetch_ahead`: a prefetch never faults and reads nothing.
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_FAR + off).cast());
-        off += 64;
-    }
+    prefetch_lines::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_FAR), len);
 }
 
 /// Horizontal sum of 8 lanes in llama.cpp's order: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
