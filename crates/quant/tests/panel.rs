@@ -8,36 +8,12 @@
 
 mod common;
 
-use common::{model_path, Rng};
+use common::{cpu_has_avx2, cpu_has_avx512, model_path, Rng, LEGACY};
 use embodios_gguf::GgufFile;
 use embodios_quant::{
     dequantize_row, quantize_activations, quantize_row, row_bytes, simd_kernels,
     simd_panel_kernels, vec_dot_type, GgmlType, PanelFn,
 };
-
-const LEGACY: [GgmlType; 5] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-];
-
-fn cpu_has(feature: &str) -> bool {
-    match feature {
-        "avx2" => {
-            std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
-        }
-        _ => {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vl")
-                && std::is_x86_feature_detected!("avx512vnni")
-        }
-    }
-}
 
 fn f16(b: &[u8]) -> f32 {
     let mut v = [0f32];
@@ -129,13 +105,13 @@ fn check(panel: PanelFn, ty: GgmlType, w: &[u8], rb: usize, a: &[u8], ab: usize,
 /// The panel variants to test: AVX2 always (the test needs an AVX2 CPU), AVX-512 where
 /// the CPU has it.
 fn variants(ty: GgmlType) -> Vec<(&'static str, PanelFn)> {
-    assert!(cpu_has("avx2"), "this test needs an AVX2+FMA+F16C CPU");
+    assert!(cpu_has_avx2(), "this test needs an AVX2+FMA+F16C CPU");
     let [v2, v512] = simd_panel_kernels(ty);
     let mut v = vec![("avx2", v2.unwrap_or_else(|| panic!("{ty}: no AVX2 panel")))];
     match v512 {
         Some(k) => v.push(("avx512", k)),
         None => assert!(
-            !cpu_has("avx512"),
+            !cpu_has_avx512(),
             "{ty}: AVX-512 CPU without an AVX-512 panel"
         ),
     }
@@ -350,12 +326,12 @@ fn panels_survive_malformed_shapes() {
 /// test in this binary sets the scalar override, so the SIMD kernels are handed out.)
 #[test]
 fn four_row_kernels_match_the_lane_twin() {
-    assert!(cpu_has("avx2"), "this test needs an AVX2+FMA+F16C CPU");
+    assert!(cpu_has_avx2(), "this test needs an AVX2+FMA+F16C CPU");
     let mut rng = Rng::new(35);
     for ty in LEGACY {
         let Some(rows4) = embodios_quant::vec_dot_rows4(ty) else {
             // AVX2 has no Q5_1 four-row kernel; AVX-512 covers every legacy format.
-            assert!(ty == GgmlType::Q5_1 && !cpu_has("avx512"), "{ty}");
+            assert!(ty == GgmlType::Q5_1 && !cpu_has_avx512(), "{ty}");
             continue;
         };
         for trial in 0..150 {

@@ -1,22 +1,10 @@
 //! The panel-kernel dispatch: which variant [`panel_kernel`] hands out on this CPU, and
 //! none under the scalar override (a process-wide switch, hence its own test binary).
 
+mod common;
+
+use common::{cpu_has_avx512, LEGACY};
 use embodios_quant::{active_panel_set, force_scalar, panel_kernel, simd_panel_kernels, GgmlType};
-
-const LEGACY: [GgmlType; 5] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-];
-
-fn cpu_has_avx512() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512vnni")
-}
 
 #[test]
 fn panel_dispatch_follows_the_cpu_and_the_override() {

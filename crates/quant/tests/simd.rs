@@ -9,27 +9,13 @@
 
 mod common;
 
-use common::{golden, model_path, Rng};
+use common::{cpu_has_avx2, golden, model_path, Rng};
 use embodios_gguf::GgufFile;
 use embodios_quant::{
     active_kernel_set, dequantize_row, force_scalar, kernels, quantize_activations, quantize_row,
     row_bytes, scalar_activation_quantizer, scalar_kernels, simd_activation_quantizer,
     simd_kernels, vec_dot_type, GgmlType, Kernels, WEIGHT_TYPES,
 };
-
-/// Whether this machine should have the AVX2 set, by std's own detection.
-fn cpu_has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// The SIMD table of `ty`. Fails (rather than skipping) on a machine without the set: the
 /// comparisons below need it; [`selection_follows_cpu_features`] covers such machines.
