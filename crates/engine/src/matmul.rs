@@ -497,7 +497,7 @@ mod tests {
             // Two-row tiles: an odd row count, tokens beyond the last four.
             (GgmlType::Q4_K, [33, 8, 5], 14),
             (GgmlType::Q4_K, [6, 3, 2], 8),
-            // K-quant panels (wt-kpanel hookup): remainders of rows and tokens.
+            // K-quant panels (batches of eight or more): remainders of rows and tokens.
             (GgmlType::Q5_K, [9, 4, 7], 9),
             (GgmlType::Q6_K, [33, 8, 5], 14),
             (GgmlType::Q4_K, [70, 13, 1], 17),
